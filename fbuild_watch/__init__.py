@@ -1,0 +1,7 @@
+"""fbuild-watch: edit -> build -> flash -> monitor loop for ESP32 boards."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

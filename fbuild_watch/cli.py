@@ -1,0 +1,110 @@
+"""The `fbuild` command.
+
+Exit status: 0 success, 1 runtime failure (invalid image, build failed, port
+missing or busy), 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fbuild_watch import __version__
+from fbuild_watch.errors import FbuildError, UsageError
+
+if TYPE_CHECKING:
+    from fbuild_watch.image.layout import FlashLayout
+
+
+def _layout_from_args(items: list[str], chip: str | None) -> FlashLayout:
+    """PATH (layout file, build dir, project dir, single .bin) or OFFSET FILE pairs."""
+    from fbuild_watch.image.chips import DEFAULT_APP_OFFSET
+    from fbuild_watch.image.loaders import load_layout, load_pairs
+
+    if len(items) <= 1:
+        path = Path(items[0] if items else ".")
+        if path.suffix == ".bin" and path.is_file():
+            return load_pairs([(DEFAULT_APP_OFFSET, path)], chip=chip)
+        return load_layout(path, chip=chip)
+    if len(items) % 2:
+        raise UsageError(
+            "expected PATH, or OFFSET FILE pairs (e.g. 0x0 bootloader.bin 0x10000 app.bin)"
+        )
+    pairs = []
+    for off, file in zip(items[::2], items[1::2], strict=True):
+        try:
+            pairs.append((int(off, 0), Path(file)))
+        except ValueError:
+            raise UsageError(f"bad offset {off!r} (expected e.g. 0x10000)") from None
+    return load_pairs(pairs, chip=chip)
+
+
+def _image_info(args: argparse.Namespace) -> int:
+    from fbuild_watch.image.info import layout_report, render_text
+
+    layout = _layout_from_args(args.paths, args.chip)
+    report, validated = layout_report(layout)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(render_text(report))
+    if validated is None:
+        print(f"fbuild: error: {report['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fbuild",
+        description="Edit -> build -> flash -> monitor loop for ESP32 boards.",
+    )
+    parser.add_argument("--version", action="version", version=f"fbuild-watch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    image = sub.add_parser("image", help="inspect and validate flash images")
+    image_sub = image.add_subparsers(dest="image_command", metavar="SUBCOMMAND")
+    info = image_sub.add_parser(
+        "info",
+        help="show and validate a flash layout",
+        description=(
+            "Show chip, regions, app descriptor and validation result of a flash layout. "
+            "PATH is a flasher_args.json, idedata.json, Arduino build dir or project dir; "
+            "a single .bin is taken as an app at 0x10000; OFFSET FILE pairs work as with esptool."
+        ),
+    )
+    info.add_argument(
+        "paths",
+        metavar="PATH",
+        nargs="*",
+        help="layout file or directory (default: .), a single app .bin, or OFFSET FILE pairs",
+    )
+    info.add_argument("--chip", help="target chip (default: from the images)")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(func=_image_info)
+    image.set_defaults(func=lambda _a: _usage(image))
+    return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        return _usage(parser)
+    try:
+        return int(func(args))
+    except FbuildError as exc:
+        print(f"fbuild: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
