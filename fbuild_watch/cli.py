@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fbuild_watch import __version__
-from fbuild_watch.errors import FbuildError, UsageError
+from fbuild_watch.errors import FbuildError, RuntimeFailure, UsageError
 
 if TYPE_CHECKING:
     from fbuild_watch.image.layout import FlashLayout
@@ -58,6 +58,53 @@ def _image_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sim_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from fbuild_watch.sim.board import VirtualBoard
+    from fbuild_watch.sim.registry import default_flash_path
+    from fbuild_watch.sim.server import BoardServer
+    from fbuild_watch.sim.timing import TIMINGS
+
+    host, _, port_text = args.listen.rpartition(":")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise UsageError(f"--listen expects HOST:PORT, got {args.listen!r}") from None
+    flash: Path | None = Path(args.flash) if args.flash else default_flash_path(args.name)
+    if args.no_persist:
+        flash = None
+    board = VirtualBoard(
+        args.name,
+        flash_path=flash,
+        timing=TIMINGS[args.timing],
+        usb_jtag=False,
+        start=args.boot,
+    )
+    try:
+        server = BoardServer(board, host or "127.0.0.1", port)
+    except OSError as exc:
+        board.close()
+        raise RuntimeFailure(f"cannot listen on {args.listen}: {exc.strerror}") from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(
+        f"virtual ESP32-C3 '{args.name}' on {server.url} (flash: {flash or 'memory only'}, "
+        f"timing: {args.timing}, boot: {args.boot})",
+        flush=True,
+    )
+    server.start()
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        board.close()  # saves the flash image
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fbuild",
@@ -87,6 +134,31 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=_image_info)
     image.set_defaults(func=lambda _a: _usage(image))
+
+    sim = sub.add_parser("sim", help="the virtual ESP32-C3 board")
+    sim_sub = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
+    serve = sim_sub.add_parser(
+        "serve",
+        help="serve a virtual board over TCP (socket://) for a separate esptool",
+        description=(
+            "Expose one virtual ESP32-C3 over TCP. esptool reaches it as socket://HOST:PORT "
+            "(with no reset lines it uses no-reset, so the board starts in download mode). "
+            "The flash image persists between runs."
+        ),
+    )
+    serve.add_argument("--listen", default="127.0.0.1:5555", metavar="HOST:PORT")
+    serve.add_argument("--name", default="served", help="board name (flash file name)")
+    serve.add_argument("--flash", metavar="FILE", help="flash image file (default: user cache dir)")
+    serve.add_argument("--no-persist", action="store_true", help="keep the flash in memory only")
+    serve.add_argument("--timing", choices=["realistic", "instant"], default="realistic")
+    serve.add_argument(
+        "--boot",
+        choices=["download", "app"],
+        default="download",
+        help="start in the ROM loader (default) or boot the app",
+    )
+    serve.set_defaults(func=_sim_serve)
+    sim.set_defaults(func=lambda _a: _usage(sim))
     return parser
 
 

@@ -40,3 +40,7 @@ class UsageError(FbuildError):
     """Bad command-line arguments."""
 
     exit_code = 2
+
+
+class RuntimeFailure(FbuildError):
+    """Something failed at run time (port busy, build failed, ...)."""

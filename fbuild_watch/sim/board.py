@@ -1,0 +1,606 @@
+"""One virtual ESP32-C3 board: flash, reset lines, ROM loader, CPU, UART.
+
+A device thread owns all board state; the host side (a `sim://` port object,
+or the TCP server) only queues bytes and line changes and reads what the
+board sent. That keeps the model single-threaded and lets a reset arrive at
+any moment, as on hardware.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fbuild_watch.sim import boot
+from fbuild_watch.sim.cpu import Cpu, SegmentError, format_panic
+from fbuild_watch.sim.flash import SpiFlash
+from fbuild_watch.sim.regs import ChipIdentity, RegisterFile
+from fbuild_watch.sim.rom_loader import KnownStub, LoaderSession, load_known_stubs
+from fbuild_watch.sim.slip import SlipDecoder, encode
+from fbuild_watch.sim.timing import INSTANT, Timing
+
+ROM_BAUD = 115200
+FLASH_SIZE = 4 << 20
+EN_RC_DELAY_S = 0.005  # EN rises through the devkit's RC after the transistor lets go
+INVALID_HEADER_INTERVAL_S = 0.05
+SAVE_AFTER_IDLE_S = 0.3
+UART_FIFO = 128
+RX_FIFO = 128
+
+
+class BoardState(enum.Enum):
+    OFF = "off"  # unplugged / unpowered
+    RESET = "reset"  # EN held low
+    DOWNLOAD = "download"  # ROM loader or stub
+    APP = "app"  # running the app on the CPU
+    ROM_STUCK = "rom-stuck"  # invalid header loop
+    REBOOTING = "rebooting"  # after a panic or a failed boot, before the next boot
+
+
+class Disconnected(Exception):
+    """The board's USB link is gone (unplug or re-enumeration)."""
+
+
+@dataclass
+class Faults:
+    """Fault injection for reliability tests."""
+
+    drop_after_bytes: int | None = None  # unplug once this many more bytes crossed the link
+    corrupt_frames: int = 0  # flip a byte in the next N loader frames sent
+    stall: bool = False  # the loader swallows requests without answering
+    refuse_download: bool = False  # IO0 strap ignored: always boots the app
+
+
+@dataclass
+class BoardCounters:
+    bytes_from_host: int = 0
+    bytes_to_host: int = 0
+    commands: collections.Counter[str] = field(default_factory=collections.Counter)
+    resets: int = 0
+    app_boots: int = 0
+    download_boots: int = 0
+    panics: int = 0
+    unplugs: int = 0
+    modelled_s: float = 0.0
+    stub_uploads: int = 0
+
+    def snapshot(self, flash: SpiFlash) -> dict[str, object]:
+        return {
+            "bytes_from_host": self.bytes_from_host,
+            "bytes_to_host": self.bytes_to_host,
+            "commands": dict(self.commands),
+            "resets": self.resets,
+            "app_boots": self.app_boots,
+            "download_boots": self.download_boots,
+            "panics": self.panics,
+            "unplugs": self.unplugs,
+            "sectors_erased": flash.sectors_erased,
+            "bytes_programmed": flash.bytes_programmed,
+            "modelled_s": round(self.modelled_s, 6),
+            "stub_uploads": self.stub_uploads,
+        }
+
+
+_STUBS: list[KnownStub] | None = None
+
+
+def _known_stubs() -> list[KnownStub]:
+    global _STUBS
+    if _STUBS is None:
+        _STUBS = load_known_stubs()
+    return _STUBS
+
+
+def _garble(data: bytes) -> bytes:
+    """What a receiver at the wrong baud rate sees: never a SLIP delimiter."""
+    return bytes(0x80 | (b & 0x3F) for b in data)
+
+
+class VirtualBoard:
+    def __init__(
+        self,
+        name: str = "board",
+        *,
+        flash_path: Path | None = None,
+        timing: Timing = INSTANT,
+        identity: ChipIdentity | None = None,
+        usb_jtag: bool = False,
+        start: str = "app",  # "app": powered and booting; "download": held in the ROM loader
+        record_tx: bool = True,
+    ) -> None:
+        self.name = name
+        self.timing = timing
+        self.identity = identity or ChipIdentity()
+        self.usb_jtag = usb_jtag
+        self.flash = SpiFlash(FLASH_SIZE, flash_path)
+        self.regs = RegisterFile(self.identity, usb_jtag=usb_jtag)
+        self.counters = BoardCounters()
+        self.faults = Faults()
+        self.state = BoardState.OFF
+        self.gpio_out = 0
+        self.gpio_enable = 0
+        self.gpio_history: list[tuple[float, int]] = []
+        self.tx_record: bytearray | None = bytearray() if record_tx else None
+        self.listeners: list[Callable[[str], None]] = []  # state-change observers (tests)
+
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._rx = bytearray()  # board -> host, waiting to be read
+        self._rx_cond = threading.Condition(self._lock)
+        self._inbox = bytearray()  # host -> board
+        self._host_baud = ROM_BAUD
+        self._uart_baud = ROM_BAUD
+        self._dtr = False
+        self._rts = False
+        self._reset_pending: str | None = None  # reset reason latched by an EN pulse
+        self._en_low = False
+        self._en_release_at: float | None = None
+        self._force_download = start == "download"
+        self._port_open = False
+        self.present = True
+        self.link_epoch = 0
+        self._absent_until: float | None = None
+
+        self._session: LoaderSession | None = None
+        self._slip = SlipDecoder()
+        self._cpu: Cpu | None = None
+        self._cpu_rx: collections.deque[int] = collections.deque()
+        self._elf_sha: str | None = None
+        self._boot_t0 = time.monotonic()
+        self._next_at: float | None = None  # ROM_STUCK / REBOOTING timer
+        self._reboot_reason = "sw_sys"
+        self._stuck_line = ""
+        self._tx_free_at = 0.0
+        self._last_flash_change = 0.0
+        self._closed = False
+        self._power_on("poweron")
+        self._thread = threading.Thread(target=self._run, name=f"sim-{name}", daemon=True)
+        self._thread.start()
+
+    # ===== host side (called from port objects / the TCP server) ========
+    def open_port(self) -> int:
+        with self._lock:
+            if not self.present:
+                raise Disconnected(f"{self.name} is not connected")
+            if self._port_open:
+                raise BlockingIOError(f"{self.name} is already open")
+            self._port_open = True
+            self._rx.clear()
+            return self.link_epoch
+
+    def close_port(self, epoch: int) -> None:
+        with self._lock:
+            if epoch == self.link_epoch:
+                self._port_open = False
+                self._rx.clear()
+            # Closing a real port drops DTR and RTS (HUPCL); (0, 0) is not a reset.
+            self._dtr = self._rts = False
+            self._apply_lines()
+
+    def _check_link(self, epoch: int) -> None:
+        if not self.present or epoch != self.link_epoch:
+            raise Disconnected(f"{self.name}: device disconnected")
+
+    def host_write(self, epoch: int, data: bytes) -> None:
+        with self._lock:
+            self._check_link(epoch)
+            self.counters.bytes_from_host += len(data)
+            self._count_link(len(data))
+            if self._host_baud != self._uart_baud:
+                data = _garble(data)
+            self._inbox += data
+            self._wake.notify_all()
+
+    def host_read(self, epoch: int, size: int, timeout: float | None) -> bytes:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while True:
+                self._check_link(epoch)
+                if self._rx:
+                    chunk = bytes(self._rx[:size])
+                    del self._rx[:size]
+                    return chunk
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return b""
+                self._rx_cond.wait(remaining if remaining is not None else 0.25)
+
+    def host_in_waiting(self, epoch: int) -> int:
+        with self._lock:
+            self._check_link(epoch)
+            return len(self._rx)
+
+    def host_reset_input(self, epoch: int) -> None:
+        with self._lock:
+            self._check_link(epoch)
+            self._rx.clear()
+
+    def set_host_baud(self, baud: int) -> None:
+        with self._lock:
+            self._host_baud = baud
+
+    def set_lines(self, epoch: int, dtr: bool, rts: bool) -> None:
+        with self._lock:
+            self._check_link(epoch)
+            self._dtr, self._rts = dtr, rts
+            self._apply_lines()
+
+    def _apply_lines(self) -> None:
+        # Auto-reset circuit (two transistors): EN is pulled low only while
+        # RTS is asserted and DTR is not; IO0 only while DTR is asserted and
+        # RTS is not. USB-Serial/JTAG decodes the same line pairs itself and
+        # latches "download" when it sees DTR without RTS.
+        en_low = self._rts and not self._dtr
+        if self.usb_jtag and self._dtr and not self._rts:
+            self._force_download = True
+        if en_low and not self._en_low:
+            self._en_low = True
+            self._en_release_at = None
+            self._reset_pending = "usb_uart" if self.usb_jtag else "poweron"
+            self._wake.notify_all()
+        elif not en_low and self._en_low:
+            self._en_low = False
+            self._en_release_at = time.monotonic()
+            self._wake.notify_all()
+
+    def _io0_low(self) -> bool:
+        if self.faults.refuse_download:
+            return False
+        if self.usb_jtag or self._force_download:
+            return self._force_download
+        return self._dtr and not self._rts
+
+    # ===== test / fault API ==============================================
+    def unplug(self) -> None:
+        """Pull the USB cable: the port vanishes and the board loses power."""
+        with self._lock:
+            self._drop_link()
+            self.present = False
+            self.counters.unplugs += 1
+            self._set_state(BoardState.OFF)
+            self._wake.notify_all()
+
+    def replug(self) -> None:
+        with self._lock:
+            self.present = True
+            self._absent_until = None
+            self._dtr = self._rts = False
+            self._en_low = False
+            self._power_on("poweron")
+            self._wake.notify_all()
+            self._rx_cond.notify_all()
+
+    def reset(self, reason: str = "poweron", *, download: bool = False) -> None:
+        """Press the EN button (optionally holding BOOT)."""
+        with self._lock:
+            self._force_download = download
+            self._power_on(reason)
+            self._wake.notify_all()
+
+    def set_identity(self, identity: ChipIdentity) -> None:
+        """Swap the chip on this port (a different board with another MAC)."""
+        with self._lock:
+            self.identity = identity
+            self.regs = RegisterFile(identity, usb_jtag=self.usb_jtag)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
+            self._rx_cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+        self.flash.save()
+
+    def stats(self) -> dict[str, object]:
+        with self._lock:
+            return self.counters.snapshot(self.flash)
+
+    # ===== board side ======================================================
+    def _drop_link(self) -> None:
+        self.link_epoch += 1
+        self._port_open = False
+        self._rx.clear()
+        self._inbox.clear()
+        self._rx_cond.notify_all()
+
+    def _count_link(self, n: int) -> None:
+        f = self.faults
+        if f.drop_after_bytes is not None:
+            f.drop_after_bytes -= n
+            if f.drop_after_bytes <= 0:
+                f.drop_after_bytes = None
+                self.present = False
+                self.counters.unplugs += 1
+                self._drop_link()
+                self._set_state(BoardState.OFF)
+                raise Disconnected(f"{self.name}: device disconnected")
+
+    def _set_state(self, state: BoardState) -> None:
+        if state is not self.state:
+            self.state = state
+            for cb in list(self.listeners):
+                cb(state.value)
+
+    def _power_on(self, reason: str) -> None:
+        """Chip comes out of reset now (after the EN RC delay)."""
+        self._reset_pending = reason
+        self._en_release_at = time.monotonic() - EN_RC_DELAY_S
+
+    def _emit(self, data: bytes) -> None:
+        """Bytes leaving the board's UART towards the host."""
+        if self.tx_record is not None:
+            self.tx_record += data
+        if not self.present or not self._port_open:
+            return  # nobody has the port open: the host driver drops them
+        self.counters.bytes_to_host += len(data)
+        try:
+            self._count_link(len(data))
+        except Disconnected:
+            return
+        if self._host_baud != self._uart_baud:
+            data = _garble(data)
+        self._rx += data
+        self._rx_cond.notify_all()
+
+    def _emit_text(self, text: str) -> None:
+        with self._lock:
+            self._emit(text.encode())
+
+    # LoaderSession's BoardSide ------------------------------------------
+    def send_frame(self, payload: bytes) -> None:
+        frame = encode(payload)
+        with self._lock:
+            if self.faults.corrupt_frames > 0 and len(payload) > 8:
+                self.faults.corrupt_frames -= 1
+                body = bytearray(payload)
+                body[len(body) // 2] ^= 0x5A
+                frame = encode(bytes(body))
+        self.pace(self.timing.wire_s(len(frame), self._uart_baud))
+        with self._lock:
+            self._emit(frame)
+
+    def pace(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        self.counters.modelled_s += seconds
+        if self.timing.realtime:
+            time.sleep(seconds)
+
+    def set_uart_baud(self, baud: int) -> None:
+        with self._lock:
+            self._uart_baud = baud
+
+    def uart_baud(self) -> int:
+        return self._uart_baud
+
+    def count_command(self, name: str) -> None:
+        self.counters.commands[name] += 1
+        if name == "stub_started":
+            self.counters.stub_uploads += 1
+
+    def start_ram_app(self, segments: list[tuple[int, bytes]], entry: int) -> None:
+        self._start_cpu(segments, entry, elf_sha=None)
+
+    def boot_from_flash(self) -> None:
+        with self._lock:
+            self._reset_pending = "sw_sys"
+            self._force_download = False
+            self._en_release_at = time.monotonic() - EN_RC_DELAY_S
+
+    # CpuHost --------------------------------------------------------------
+    def uart_tx(self, byte: int) -> None:
+        if self.timing.realtime:
+            # UART0 drains at the baud rate; a full FIFO stalls the CPU.
+            now = time.monotonic()
+            byte_s = 10 / self._uart_baud
+            self._tx_free_at = max(self._tx_free_at, now) + byte_s
+            backlog = self._tx_free_at - now
+            if backlog > UART_FIFO * byte_s:
+                time.sleep(backlog - UART_FIFO * byte_s)
+        with self._lock:
+            self._emit(bytes([byte]))
+
+    def uart_tx_backlog(self) -> int:
+        if not self.timing.realtime:
+            return 0
+        return max(0, int((self._tx_free_at - time.monotonic()) * self._uart_baud / 10))
+
+    def uart_rx(self) -> int | None:
+        return self._cpu_rx.popleft() if self._cpu_rx else None
+
+    def uart_rx_count(self) -> int:
+        return len(self._cpu_rx)
+
+    def clock_s(self) -> float:
+        return time.monotonic() - self._boot_t0
+
+    def efuse_read(self, addr: int) -> int:
+        return self.regs.read(addr)
+
+    def gpio_changed(self, out: int, enable: int) -> None:
+        self.gpio_out, self.gpio_enable = out, enable
+        self.gpio_history.append((time.monotonic(), out & enable))
+        del self.gpio_history[:-1000]
+
+    # ===== the device thread ==============================================
+    def _run(self) -> None:
+        try:
+            while self._step():
+                pass
+        finally:
+            self.flash.save()
+
+    def _step(self) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            now = time.monotonic()
+            if self._absent_until is not None and now >= self._absent_until:
+                self._absent_until = None
+                self.present = True  # re-enumerated
+            if not self.present and self._absent_until is None:
+                self._wake.wait(0.1)
+                return True
+            if self._en_low:
+                if self.state is not BoardState.RESET:
+                    self._enter_reset()
+                self._wake.wait(0.1)
+                return True
+            if self._en_release_at is not None and self._reset_pending is not None:
+                wait = self._en_release_at + EN_RC_DELAY_S - now
+                if wait > 0:
+                    self._wake.wait(wait)
+                    return True
+                reason = self._reset_pending
+                self._reset_pending = None
+                self._en_release_at = None
+                download = self._io0_low()
+                self._force_download = False
+            else:
+                reason = None
+        if reason is not None:
+            self._boot(reason, download)
+            return True
+        self._maybe_save()
+        state = self.state
+        if state is BoardState.DOWNLOAD:
+            self._step_loader()
+        elif state is BoardState.APP:
+            self._step_app()
+        elif state in (BoardState.ROM_STUCK, BoardState.REBOOTING):
+            self._step_timer()
+        else:
+            with self._lock:
+                self._wake.wait(0.1)
+        return True
+
+    def _enter_reset(self) -> None:
+        self._cpu = None
+        self._session = None
+        self._set_state(BoardState.RESET)
+
+    def _maybe_save(self) -> None:
+        fl = self.flash
+        if fl.path is not None and fl.dirty:
+            if self._last_flash_change == 0.0:
+                self._last_flash_change = time.monotonic()
+            elif time.monotonic() - self._last_flash_change > SAVE_AFTER_IDLE_S:
+                fl.save()
+                self._last_flash_change = 0.0
+
+    def _boot(self, reason: str, download: bool) -> None:
+        self.counters.resets += 1
+        self.pace(self.timing.reset_to_rom_s)
+        with self._lock:
+            self._cpu = None
+            self._session = None
+            self._slip.reset()
+            self._inbox.clear()
+            self._uart_baud = ROM_BAUD
+            self._boot_t0 = time.monotonic()
+            if self.usb_jtag and reason in ("usb_uart", "sw_sys", "sw_cpu") and not download:
+                # The USB-Serial/JTAG device re-enumerates on this reset.
+                self._drop_link()
+                self.present = False
+                self._absent_until = time.monotonic() + self.timing.usb_reenumerate_s
+        self._emit_text(boot.rom_banner(reason, download))
+        if download:
+            self.counters.download_boots += 1
+            with self._lock:
+                self._session = LoaderSession(self, _known_stubs())
+                self._set_state(BoardState.DOWNLOAD)
+            return
+        outcome = boot.boot_from_flash(self.flash)
+        if outcome.rom_stuck:
+            self._stuck_line = outcome.text
+            self._next_at = time.monotonic()
+            self._set_state(BoardState.ROM_STUCK)
+            return
+        self.pace(self.timing.bootloader_s)
+        self._emit_text(outcome.text)
+        if outcome.app is None:
+            self._reboot_later("sw_sys")
+            return
+        self._start_cpu(outcome.app.segments, outcome.app.entry, outcome.app.elf_sha256)
+
+    def _start_cpu(
+        self, segments: list[tuple[int, bytes]], entry: int, elf_sha: str | None
+    ) -> None:
+        try:
+            cpu = Cpu(self, segments, entry)
+        except SegmentError as exc:
+            self._emit_text(f"E (0) boot: {exc}\r\n")
+            self._reboot_later("sw_sys")
+            return
+        with self._lock:
+            self._cpu = cpu
+            self._cpu_rx.clear()
+            self._elf_sha = elf_sha
+            self.counters.app_boots += 1
+            self._set_state(BoardState.APP)
+
+    def _reboot_later(self, reason: str) -> None:
+        self._reboot_reason = reason
+        self._next_at = time.monotonic() + self.timing.panic_reboot_s
+        self._set_state(BoardState.REBOOTING)
+
+    def _step_timer(self) -> None:
+        assert self._next_at is not None
+        wait = self._next_at - time.monotonic()
+        if wait > 0:
+            with self._lock:
+                self._wake.wait(wait)
+            return
+        if self.state is BoardState.ROM_STUCK:
+            self._emit_text(self._stuck_line)
+            self._next_at = time.monotonic() + INVALID_HEADER_INTERVAL_S
+        else:
+            with self._lock:
+                self._power_on(self._reboot_reason)
+
+    def _step_loader(self) -> None:
+        with self._lock:
+            if not self._inbox:
+                self._wake.wait(0.1)
+                return
+            chunk = bytes(self._inbox)
+            self._inbox.clear()
+            session = self._session
+        if self.faults.stall or session is None:
+            return
+        self.pace(self.timing.wire_s(len(chunk), self._uart_baud))
+        for frame in self._slip.feed(chunk):
+            session.handle_frame(frame)
+            with self._lock:
+                if self._session is not session or self._reset_pending:
+                    return  # a reset or reboot interrupted the session
+
+    def _step_app(self) -> None:
+        cpu = self._cpu
+        assert cpu is not None
+        with self._lock:
+            if self._inbox:
+                room = RX_FIFO - len(self._cpu_rx)
+                self._cpu_rx.extend(self._inbox[:room])  # a full FIFO drops bytes
+                self._inbox.clear()
+        result = cpu.run_slice(50_000)
+        if result.kind == "fault":
+            assert result.fault is not None
+            self.counters.panics += 1
+            self._emit_text(format_panic(result.fault, self._elf_sha))
+            self._cpu = None
+            self._reboot_later("sw_cpu")
+        elif result.kind == "reset":
+            self._cpu = None
+            with self._lock:
+                self._power_on("sw_sys")
+        elif result.kind == "idle":
+            with self._lock:
+                if not self._inbox and self._reset_pending is None and not self._en_low:
+                    self._wake.wait(0.05)

@@ -1,0 +1,91 @@
+"""Registers the ROM loader exposes through READ_REG/WRITE_REG.
+
+Only what esptool reads for an ESP32-C3 is modelled: eFuse words (MAC,
+revision, flash capacity), SPI0 user commands (flash id, SFDP, status) and
+the UART buffer number that tells esptool whether USB-Serial/JTAG is in use.
+Everything else is a plain 32-bit store that reads back what was written
+(0 if never written), which is what the silicon does for RW registers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EFUSE_BASE = 0x60008800
+MAC0 = EFUSE_BASE + 0x44
+MAC1 = EFUSE_BASE + 0x48
+BLK1_W3 = EFUSE_BASE + 0x50
+BLK1_W4 = EFUSE_BASE + 0x54
+BLK1_W5 = EFUSE_BASE + 0x58
+SPI0 = 0x60002000
+SPI_CMD = SPI0 + 0x00
+SPI_ADDR = SPI0 + 0x04
+SPI_USR2 = SPI0 + 0x20
+SPI_W0 = SPI0 + 0x58
+SPI_CMD_USR = 1 << 18
+UARTDEV_BUF_NO = 0x3FCDF07C  # esptool: ESP32C3ROM.UARTDEV_BUF_NO
+UARTDEV_BUF_NO_USB_JTAG_SERIAL = 3
+UART_CLKDIV = 0x60000014
+
+
+@dataclass(frozen=True)
+class ChipIdentity:
+    """What makes one virtual board distinguishable from another."""
+
+    mac: bytes = bytes.fromhex("58cf79a1b2c3")  # Espressif OUI 58:cf:79
+    major_rev: int = 0
+    minor_rev: int = 4
+    flash_id: int = 0x1640C8  # GD25Q32 (4 MB): mfr 0xC8, type 0x40, cap 0x16
+
+    def efuse_words(self) -> dict[int, int]:
+        m = self.mac
+        return {
+            MAC0: int.from_bytes(m[2:6], "big"),
+            MAC1: int.from_bytes(m[0:2], "big"),
+            BLK1_W3: (self.minor_rev & 0x7) << 18,
+            BLK1_W4: 2,  # flash vendor GD
+            BLK1_W5: ((self.major_rev & 0x3) << 24) | (((self.minor_rev >> 3) & 1) << 23),
+        }
+
+
+# A minimal SFDP header: signature "SFDP", revision 1.6, one parameter header.
+_SFDP = b"SFDP\x06\x01\x00\xff\x00\x06\x01\x10\x30\x00\x00\xff"
+
+
+class RegisterFile:
+    def __init__(self, identity: ChipIdentity, *, usb_jtag: bool = False) -> None:
+        self.identity = identity
+        self.values: dict[int, int] = dict(identity.efuse_words())
+        self.values[UARTDEV_BUF_NO] = UARTDEV_BUF_NO_USB_JTAG_SERIAL if usb_jtag else 0
+        self.values[UART_CLKDIV] = 0x15B  # 40 MHz APB / 115200
+        self.status_reg = 0
+
+    def read(self, addr: int) -> int:
+        return self.values.get(addr & ~3, 0)
+
+    def write(self, addr: int, value: int, mask: int = 0xFFFFFFFF) -> None:
+        addr &= ~3
+        old = self.values.get(addr, 0)
+        new = (old & ~mask) | (value & mask)
+        self.values[addr] = new & 0xFFFFFFFF
+        if addr == SPI_CMD and new & SPI_CMD_USR:
+            self._spi_user_command()
+
+    def _spi_user_command(self) -> None:
+        opcode = self.values.get(SPI_USR2, 0) & 0xFF
+        addr = self.values.get(SPI_ADDR, 0)
+        if opcode == 0x9F:  # RDID
+            result = self.identity.flash_id
+        elif opcode == 0x5A:  # RDSFDP
+            chunk = (
+                (_SFDP + b"\xff" * 64)[addr & 0x3F : (addr & 0x3F) + 4]
+                if addr < 64
+                else b"\xff" * 4
+            )
+            result = int.from_bytes(chunk, "little")
+        elif opcode in (0x05, 0x35, 0x15):  # RDSR, RDSR2, RDSR3
+            result = 0
+        else:
+            result = self.values.get(SPI_W0, 0)
+        self.values[SPI_W0] = result
+        self.values[SPI_CMD] &= ~SPI_CMD_USR  # the controller finished the command
