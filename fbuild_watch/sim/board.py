@@ -118,7 +118,7 @@ class VirtualBoard:
         self.identity = identity or ChipIdentity()
         self.usb_jtag = usb_jtag
         self.flash = SpiFlash(FLASH_SIZE, flash_path)
-        self.regs = RegisterFile(self.identity, usb_jtag=usb_jtag)
+        self.regs = RegisterFile(self.identity)
         self.counters = BoardCounters()
         self.faults = Faults()
         self.state = BoardState.OFF
@@ -286,7 +286,7 @@ class VirtualBoard:
         """Swap the chip on this port (a different board with another MAC)."""
         with self._lock:
             self.identity = identity
-            self.regs = RegisterFile(identity, usb_jtag=self.usb_jtag)
+            self.regs = RegisterFile(identity)
 
     def close(self) -> None:
         with self._lock:

@@ -1,8 +1,7 @@
 """Registers the ROM loader exposes through READ_REG/WRITE_REG.
 
 Only what esptool reads for an ESP32-C3 is modelled: eFuse words (MAC,
-revision, flash capacity), SPI0 user commands (flash id, SFDP, status) and
-the UART buffer number that tells esptool whether USB-Serial/JTAG is in use.
+revision, flash capacity) and SPI0 user commands (flash id, SFDP, status).
 Everything else is a plain 32-bit store that reads back what was written
 (0 if never written), which is what the silicon does for RW registers.
 """
@@ -23,8 +22,6 @@ SPI_ADDR = SPI0 + 0x04
 SPI_USR2 = SPI0 + 0x20
 SPI_W0 = SPI0 + 0x58
 SPI_CMD_USR = 1 << 18
-UARTDEV_BUF_NO = 0x3FCDF07C  # esptool: ESP32C3ROM.UARTDEV_BUF_NO
-UARTDEV_BUF_NO_USB_JTAG_SERIAL = 3
 UART_CLKDIV = 0x60000014
 
 
@@ -53,10 +50,9 @@ _SFDP = b"SFDP\x06\x01\x00\xff\x00\x06\x01\x10\x30\x00\x00\xff"
 
 
 class RegisterFile:
-    def __init__(self, identity: ChipIdentity, *, usb_jtag: bool = False) -> None:
+    def __init__(self, identity: ChipIdentity) -> None:
         self.identity = identity
         self.values: dict[int, int] = dict(identity.efuse_words())
-        self.values[UARTDEV_BUF_NO] = UARTDEV_BUF_NO_USB_JTAG_SERIAL if usb_jtag else 0
         self.values[UART_CLKDIV] = 0x15B  # 40 MHz APB / 115200
         self.status_reg = 0
 
