@@ -574,7 +574,9 @@ class VirtualBoard:
             session = self._session
         if self.faults.stall or session is None:
             return
-        self.pace(self.timing.wire_s(len(chunk), self._uart_baud))
+        wire = self.timing.wire_s(len(chunk), self._uart_baud)
+        self.pace(wire)
+        session.absorb(wire)
         for frame in self._slip.feed(chunk):
             session.handle_frame(frame)
             with self._lock:

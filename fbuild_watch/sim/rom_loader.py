@@ -175,6 +175,9 @@ class LoaderSession:
         self._mem: _MemLoad | None = None
         self._mem_segments: dict[int, bytes] = {}
         self._read: _FlashRead | None = None
+        # Flash work the stub does in the background while the next blocks
+        # are still on the wire (it acks compressed blocks at once).
+        self.backlog_s = 0.0
         self._handlers: dict[int, Callable[[bytes], tuple[int, bytes]]] = {
             FLASH_BEGIN: self._flash_begin,
             FLASH_DATA: self._flash_data,
@@ -219,6 +222,9 @@ class LoaderSession:
         name = COMMAND_NAMES.get(op, f"0x{op:02x}")
         self.board.count_command(name)
         self.board.pace(self.board.timing.command_latency_s)
+        if op != FLASH_DEFL_DATA and self.backlog_s:
+            self.board.pace(self.backlog_s)  # anything else waits for the flash
+            self.backlog_s = 0.0
         if len(data) != length:
             self._respond(op, error=ERR_INVALID_MESSAGE)
             return
@@ -319,12 +325,23 @@ class LoaderSession:
             dl.erased_to = offset
         return dl
 
+    def absorb(self, wire_s: float) -> None:
+        """Wire time of incoming data overlaps the stub's background flash work."""
+        self.backlog_s = max(0.0, self.backlog_s - wire_s)
+
+    def _work(self, seconds: float) -> None:
+        dl = self._download
+        if self.is_stub and dl is not None and dl.compressed:
+            self.backlog_s += seconds
+        else:
+            self.board.pace(seconds)
+
     def _erase(self, addr: int, length: int) -> None:
         try:
             n = self.board.flash.erase(addr, length)
         except FlashRangeError:
             raise LoaderError(ERR_FAILED_TO_ACT) from None
-        self.board.pace(n * self.board.timing.sector_erase_s)
+        self._work(n * self.board.timing.sector_erase_s)
 
     def _flash_begin(self, data: bytes) -> tuple[int, bytes]:
         self._download = self._begin(data, compressed=False)
@@ -350,7 +367,7 @@ class LoaderSession:
                 raw = dl.inflater.decompress(block)
             except zlib.error:
                 raise LoaderError(ERR_DEFLATE) from None
-            self.board.pace(len(raw) / self.board.timing.inflate_bytes_per_s)
+            self._work(len(raw) / self.board.timing.inflate_bytes_per_s)
         else:
             raw = block
         self._program(dl, raw)
@@ -370,7 +387,7 @@ class LoaderSession:
         flash.program(addr, raw)
         dl.written += len(raw)
         pages = -(-len(raw) // PAGE)
-        self.board.pace(pages * self.board.timing.page_program_s)
+        self._work(pages * self.board.timing.page_program_s)
 
     def _flash_end(self, data: bytes) -> tuple[int, bytes]:
         (stay,) = struct.unpack_from("<I", data) if len(data) >= 4 else (1,)
