@@ -58,6 +58,34 @@ def _image_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build(args: argparse.Namespace) -> int:
+    from fbuild_watch.build import detect_backend, run_build
+
+    backend = detect_backend(Path(args.project), fqbn=args.fqbn)
+    on_line = None if args.json else (lambda line: print(line, flush=True))
+    result = run_build(backend, on_line)
+    if args.json:
+        doc = result.as_dict()
+        doc["project"] = str(backend.project_dir)
+        doc["backend"] = backend.kind
+        doc["output"] = result.output
+        print(json.dumps(doc, indent=2))
+    else:
+        for d in result.diagnostics:
+            if d.severity in ("error", "warning"):
+                print(d.format())
+        if result.ok and result.layout is not None:
+            lay = result.layout.layout
+            print(
+                f"fbuild: build ok in {result.duration_s:.2f} s: {len(lay.regions)} regions, "
+                f"{lay.total_size / 1024:.1f} KiB, image {lay.image_hash[:16]}"
+            )
+    if not result.ok:
+        print(f"fbuild: error: {result.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _sim_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -134,6 +162,20 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=_image_info)
     image.set_defaults(func=lambda _a: _usage(image))
+
+    build = sub.add_parser(
+        "build",
+        help="run one build and validate its flash layout",
+        description=(
+            "Detect the project (fbuild.toml, ESP-IDF, PlatformIO, Arduino CLI), run its "
+            "incremental build and validate the resulting flash layout. Diagnostics are "
+            "printed as file:line:col: severity: message."
+        ),
+    )
+    build.add_argument("project", nargs="?", default=".", metavar="PROJECT")
+    build.add_argument("--json", action="store_true", help="print one JSON object")
+    build.add_argument("--fqbn", help="Arduino board FQBN (Arduino CLI projects)")
+    build.set_defaults(func=_build)
 
     sim = sub.add_parser("sim", help="the virtual ESP32-C3 board")
     sim_sub = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")

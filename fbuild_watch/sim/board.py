@@ -8,10 +8,12 @@ any moment, as on hardware.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import enum
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +89,26 @@ class BoardCounters:
 
 
 _STUBS: list[KnownStub] | None = None
+_LIVE: weakref.WeakSet[VirtualBoard] = weakref.WeakSet()
+_exit_hook_after_unicorn = False
+
+
+def _stop_all_boards() -> None:
+    for board in list(_LIVE):
+        board.close()
+
+
+def _order_exit_hook() -> None:
+    """Stop device threads before unicorn's weakref finalizers free the
+    emulators under them at interpreter exit (atexit runs last-in first)."""
+    global _exit_hook_after_unicorn
+    if not _exit_hook_after_unicorn:
+        _exit_hook_after_unicorn = True
+        atexit.unregister(_stop_all_boards)
+        atexit.register(_stop_all_boards)
+
+
+atexit.register(_stop_all_boards)
 
 
 def _known_stubs() -> list[KnownStub]:
@@ -158,6 +180,7 @@ class VirtualBoard:
         self._tx_free_at = 0.0
         self._last_flash_change = 0.0
         self._closed = False
+        _LIVE.add(self)
         self._power_on("poweron")
         self._thread = threading.Thread(target=self._run, name=f"sim-{name}", daemon=True)
         self._thread.start()
@@ -290,6 +313,8 @@ class VirtualBoard:
 
     def close(self) -> None:
         with self._lock:
+            if self._closed and not self._thread.is_alive():
+                return
             self._closed = True
             self._wake.notify_all()
             self._rx_cond.notify_all()
@@ -534,6 +559,7 @@ class VirtualBoard:
     ) -> None:
         try:
             cpu = Cpu(self, segments, entry)
+            _order_exit_hook()
         except SegmentError as exc:
             self._emit_text(f"E (0) boot: {exc}\r\n")
             self._reboot_later("sw_sys")

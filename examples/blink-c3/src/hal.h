@@ -1,0 +1,13 @@
+#pragma once
+#include <stdint.h>
+
+void uart_putc(char c);
+void uart_puts(const char *s);
+void uart_putu(uint32_t v);
+void uart_puthex(uint32_t v);
+uint64_t systimer_ticks(void);
+uint32_t millis(void);
+void delay_ms(uint32_t ms);
+void led_init(void);
+void led_set(int on);
+void log_info(const char *tag, const char *msg);

@@ -1,0 +1,159 @@
+"""`fbuild.toml`: the project file, strictly validated.
+
+Unknown keys and wrong types are errors naming the file and the key, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fbuild_watch.errors import ConfigError
+from fbuild_watch.image.chips import normalize_chip
+
+CONFIG_NAME = "fbuild.toml"
+
+
+@dataclass(frozen=True)
+class FlashEntry:
+    offset: int
+    file: str
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    path: Path
+    command: tuple[str, ...] | None = None
+    flasher_args: str | None = None
+    flash: tuple[FlashEntry, ...] = ()
+    elf: str | None = None
+    outputs: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    chip: str | None = None
+    port: tuple[str, ...] = ()
+    baud: int | None = None
+    watch_paths: tuple[str, ...] = ()
+    watch_ignore: tuple[str, ...] = ()
+    debounce_ms: int | None = None
+
+
+_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "build": {
+        "command": list,
+        "flasher_args": str,
+        "elf": str,
+        "outputs": list,
+        "env": dict,
+    },
+    "board": {"chip": str, "port": (str, list), "baud": int},
+    "watch": {"paths": list, "ignore": list, "debounce_ms": int},
+}
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    names = {str: "a string", list: "an array", dict: "a table", int: "an integer"}
+    if isinstance(t, tuple):
+        return " or ".join(names[x] for x in t)
+    return names[t]
+
+
+def _str_list(value: list[Any], where: str, path: Path) -> tuple[str, ...]:
+    if not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be an array of strings", source=path)
+    return tuple(value)
+
+
+def load_config(path: Path) -> ProjectConfig:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("file is missing", source=path) from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"malformed TOML: {exc}", source=path) from None
+
+    for key in doc:
+        if key not in (*_SCHEMA, "flash"):
+            raise ConfigError(f"unknown section [{key}]", source=path)
+    values: dict[str, Any] = {}
+    for section, keys in _SCHEMA.items():
+        table = doc.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table", source=path)
+        for key, value in table.items():
+            if key not in keys:
+                raise ConfigError(f"unknown key '{key}' in [{section}]", source=path)
+            want = keys[key]
+            if isinstance(value, bool) or not isinstance(value, want):
+                raise ConfigError(
+                    f"[{section}] {key} must be {_type_name(want)}, got {type(value).__name__}",
+                    source=path,
+                )
+            values[f"{section}.{key}"] = value
+
+    command = None
+    if "build.command" in values:
+        command = _str_list(values["build.command"], "[build] command", path)
+        if not command:
+            raise ConfigError("[build] command must not be empty", source=path)
+    env = values.get("build.env", {})
+    if not all(isinstance(v, str) for v in env.values()):
+        raise ConfigError("[build] env values must be strings", source=path)
+
+    flash: list[FlashEntry] = []
+    entries = doc.get("flash", [])
+    if not isinstance(entries, list):
+        raise ConfigError("[[flash]] must be an array of tables", source=path)
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or set(entry) != {"offset", "file"}:
+            raise ConfigError(
+                f"[[flash]] entry {i + 1} needs exactly 'offset' and 'file'", source=path
+            )
+        off = entry["offset"]
+        try:
+            offset = off if isinstance(off, int) and not isinstance(off, bool) else int(str(off), 0)
+        except ValueError:
+            raise ConfigError(f"[[flash]] entry {i + 1}: bad offset {off!r}", source=path) from None
+        if not isinstance(entry["file"], str):
+            raise ConfigError(f"[[flash]] entry {i + 1}: file must be a string", source=path)
+        flash.append(FlashEntry(offset, entry["file"]))
+    if flash and "build.flasher_args" in values:
+        raise ConfigError(
+            "give either [build] flasher_args or [[flash]] entries, not both", source=path
+        )
+
+    port = values.get("board.port", ())
+    ports = (port,) if isinstance(port, str) else _str_list(port, "[board] port", path)
+    baud = values.get("board.baud")
+    if baud is not None and baud <= 0:
+        raise ConfigError("[board] baud must be positive", source=path)
+    debounce = values.get("watch.debounce_ms")
+    if debounce is not None and not 0 <= debounce <= 10_000:
+        raise ConfigError("[watch] debounce_ms must be between 0 and 10000", source=path)
+    chip = values.get("board.chip")
+    if chip is not None:
+        try:
+            chip = normalize_chip(chip).name
+        except ConfigError as exc:
+            raise ConfigError(f"[board] chip: {exc.problem}", source=path) from None
+
+    return ProjectConfig(
+        path=path,
+        command=command,
+        flasher_args=values.get("build.flasher_args"),
+        flash=tuple(flash),
+        elf=values.get("build.elf"),
+        outputs=_str_list(values.get("build.outputs", []), "[build] outputs", path),
+        env=dict(env),
+        chip=chip,
+        port=ports,
+        baud=baud,
+        watch_paths=_str_list(values.get("watch.paths", []), "[watch] paths", path),
+        watch_ignore=_str_list(values.get("watch.ignore", []), "[watch] ignore", path),
+        debounce_ms=debounce,
+    )
