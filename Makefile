@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m fbuild_watch demo
+	$(BIN)/fbuild build examples/blink-c3
+	$(BIN)/fbuild image info examples/blink-c3
 
 lint: $(STAMP)
 	$(BIN)/ruff check fbuild_watch tests bench
