@@ -12,7 +12,10 @@ _DIAG = re.compile(
     r"(?P<sev>fatal error|error|warning|note):\s*(?P<msg>.*)$"
 )
 # linker and driver errors without a location: "ld.lld: error: ..."
-_TOOL = re.compile(r"^(?P<tool>[\w.+-]*(?:ld|lld|ld\.lld|collect2|cc|gcc|clang|zig)):\s*(?P<sev>error|warning):\s*(?P<msg>.*)$")
+_TOOL = re.compile(
+    r"^(?P<tool>[\w.+-]*(?:ld|lld|ld\.lld|collect2|cc|gcc|clang|zig)):\s*"
+    r"(?P<sev>error|warning):\s*(?P<msg>.*)$"
+)
 
 
 @dataclass(frozen=True)
