@@ -1,0 +1,327 @@
+"""The loop: a state machine from file changes to builds to deploys.
+
+It takes events (files changed, build finished, commands) and emits `Event`s
+that views subscribe to. It owns no UI. Changes during a build either queue
+one follow-up build (default) or cancel and restart the build; a build whose
+sources changed while it ran is reported `stale` and never deployed. A
+deploy in progress is never interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from fbuild_watch.build.backends import Backend
+from fbuild_watch.build.runner import BuildResult, BuildRun
+from fbuild_watch.errors import FbuildError
+from fbuild_watch.events import Event
+from fbuild_watch.image.layout import ValidatedLayout
+from fbuild_watch.watch.state import WatchSet
+from fbuild_watch.watch.watcher import Watcher, state_path_for
+
+Emit = Callable[[Event], None]
+
+
+class Deployer(Protocol):
+    """Deploys a validated layout to every board; emits its own events."""
+
+    async def deploy(self, layout: ValidatedLayout, *, full: bool, app_only: bool) -> bool: ...
+
+    async def reset(self) -> None: ...
+
+
+@dataclass
+class Cycle:
+    """Phase timings of one change -> build -> deploy cycle (seconds)."""
+
+    generation: int
+    change_at: float | None = None  # monotonic time of the change release
+    build_start: float | None = None
+    build_end: float | None = None
+    deploy_end: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Loop:
+    def __init__(
+        self,
+        backend: Backend,
+        watch_set: WatchSet,
+        watcher: Watcher | None,
+        emit: Emit,
+        *,
+        deployer: Deployer | None = None,
+        on_busy: str = "queue",
+        state_file: Path | None = None,
+    ) -> None:
+        if on_busy not in ("queue", "restart"):
+            raise ValueError(f"on_busy must be 'queue' or 'restart', got {on_busy!r}")
+        self.backend = backend
+        self.ws = watch_set
+        self.watcher = watcher
+        self.emit = emit
+        self.deployer = deployer
+        self.on_busy = on_busy
+        self.state_file = state_file or state_path_for(backend.output_dirs(), backend.project_dir)
+        self.state = "idle"
+        self.generation = 0  # bumped by every real change set
+        self.built_generation = -1  # generation of the last finished, non-stale build
+        self.paused = False
+        self.history: list[Cycle] = []
+        self.last_layout: ValidatedLayout | None = None
+        self._pending_changes: set[str] = set()
+        self._forced: str | None = None  # "rebuild"
+        self._deploy_request: dict[str, bool] | None = None
+        self._change_at: float | None = None
+        self._wake = asyncio.Event()
+        self._quit = asyncio.Event()
+        self._build_run: BuildRun | None = None
+        self._bg_tasks: set[asyncio.Future[None]] = set()
+
+    # -- inputs ----------------------------------------------------------------
+    def files_changed(self, paths: set[str]) -> None:
+        self.generation += 1
+        self._pending_changes |= paths
+        if self._change_at is None:
+            self._change_at = time.monotonic()
+        self.emit(
+            Event(
+                "files_changed",
+                {"generation": self.generation, "paths": sorted(paths)[:50], "count": len(paths)},
+            )
+        )
+        if self.state == "building" and self.on_busy == "restart" and self._build_run is not None:
+            self._build_run.cancel()
+        self._wake.set()
+
+    def command(self, name: str) -> None:
+        name = name.strip()
+        if name == "quit":
+            self._quit.set()
+            self._wake.set()
+        elif name == "rebuild":
+            self._forced = "rebuild"
+            self._wake.set()
+        elif name in ("full-flash", "app-flash"):
+            self._deploy_request = {"full": name == "full-flash", "app_only": name == "app-flash"}
+            self._wake.set()
+        elif name == "pause":
+            self.paused = not self.paused
+            if self.watcher is not None:
+                self.watcher.pause(self.paused)
+            self.emit(Event("paused" if self.paused else "resumed"))
+        elif name == "reset":
+            if self.deployer is not None:
+                task = asyncio.ensure_future(self.deployer.reset())
+                self._bg_tasks.add(task)
+                task.add_done_callback(self._bg_tasks.discard)
+        else:
+            self.emit(Event("error", {"message": f"unknown command {name!r}"}))
+
+    # -- start-up ------------------------------------------------------------------
+    def startup_scan(self) -> bool:
+        """Scan the tree against the persisted state; True if a build is needed."""
+        loaded = WatchSet.load_state(self.state_file)
+        previous, build_fp = loaded if loaded else (None, None)
+        t0 = time.monotonic()
+        changes = self.ws.scan(previous)
+        scan_ms = (time.monotonic() - t0) * 1000
+        if build_fp is not None and build_fp == self.ws.fingerprint:
+            try:
+                self.last_layout = self.backend.load_layout().validate()
+            except FbuildError:
+                self.last_layout = None
+            if self.last_layout is not None:
+                self.built_generation = self.generation
+                self.emit(
+                    Event(
+                        "build_skipped",
+                        {
+                            "reason": "sources unchanged since the last successful build",
+                            "fingerprint": build_fp,
+                            "files": len(self.ws),
+                            "scan_ms": round(scan_ms, 1),
+                            "image_hash": self.last_layout.image_hash,
+                        },
+                    )
+                )
+                return False
+        self.emit(
+            Event(
+                "startup_scan",
+                {
+                    "files": len(self.ws),
+                    "scan_ms": round(scan_ms, 1),
+                    "changed_since_last_build": len(changes.paths) if previous else None,
+                },
+            )
+        )
+        return True
+
+    # -- the worker ----------------------------------------------------------------
+    def _needs_build(self) -> bool:
+        return self._forced is not None or self.generation > self.built_generation
+
+    async def _build(self) -> tuple[BuildResult, int, Cycle]:
+        gen = self.generation
+        cycle = Cycle(gen, change_at=self._change_at)
+        self._change_at = None
+        reason = self._forced or "changed"
+        self._forced = None
+        changed = sorted(self._pending_changes)
+        self._pending_changes.clear()
+        fingerprint = self.ws.fingerprint
+        self.state = "building"
+        cycle.build_start = time.monotonic()
+        if cycle.change_at is not None:
+            cycle.timings["change_to_build_start"] = cycle.build_start - cycle.change_at
+        self.emit(
+            Event(
+                "build_started",
+                {
+                    "generation": gen,
+                    "reason": reason,
+                    "changed": changed[:50],
+                    "count": len(changed),
+                },
+            )
+        )
+        loop = asyncio.get_running_loop()
+
+        def on_line(line: str) -> None:
+            loop.call_soon_threadsafe(self.emit, Event("build_output", {"line": line}))
+
+        run = BuildRun(self.backend, on_line)
+        self._build_run = run
+        try:
+            result = await asyncio.to_thread(run.run)
+        finally:
+            self._build_run = None
+        cycle.build_end = time.monotonic()
+        cycle.timings["build"] = result.duration_s
+        stale = self.generation != gen
+        self.emit(
+            Event(
+                "build_finished",
+                {
+                    **result.as_dict(),
+                    "generation": gen,
+                    "stale": stale,
+                    "duration_ms": round(result.duration_s * 1000, 1),
+                },
+            )
+        )
+        if result.ok and not stale:
+            self.built_generation = gen
+            self.last_layout = result.layout
+            with contextlib.suppress(OSError):
+                self.ws.save_state(self.state_file, build_fingerprint=fingerprint)
+        elif not result.ok and not result.cancelled and not stale:
+            self.built_generation = gen  # a failed build is not retried until something changes
+        return result, gen, cycle
+
+    async def _deploy(
+        self, layout: ValidatedLayout, cycle: Cycle | None, *, full: bool, app_only: bool
+    ) -> None:
+        if self.deployer is None:
+            return
+        self.state = "deploying"
+        t0 = time.monotonic()
+        try:
+            await self.deployer.deploy(layout, full=full, app_only=app_only)
+        finally:
+            self.state = "monitoring"
+        if cycle is not None:
+            cycle.deploy_end = time.monotonic()
+            cycle.timings["deploy"] = cycle.deploy_end - t0
+
+    async def _worker(self) -> None:
+        while not self._quit.is_set():
+            await self._wake.wait()
+            self._wake.clear()
+            while not self._quit.is_set():
+                if self._needs_build() and not self.paused:
+                    result, gen, cycle = await self._build()
+                    self.history.append(cycle)
+                    del self.history[:-50]
+                    if result.ok and self.generation == gen and result.layout is not None:
+                        req = self._deploy_request or {}
+                        self._deploy_request = None
+                        await self._deploy(
+                            result.layout,
+                            cycle,
+                            full=req.get("full", False),
+                            app_only=req.get("app_only", False),
+                        )
+                    self.emit(
+                        Event(
+                            "cycle_finished",
+                            {
+                                "generation": gen,
+                                "ok": result.ok,
+                                "timings_ms": {
+                                    k: round(v * 1000, 1) for k, v in cycle.timings.items()
+                                },
+                            },
+                        )
+                    )
+                    self.state = "idle" if self.deployer is None else "monitoring"
+                    continue
+                if self._deploy_request is not None and self.last_layout is not None:
+                    req = self._deploy_request
+                    self._deploy_request = None
+                    await self._deploy(self.last_layout, None, **req)
+                    continue
+                break
+
+    async def _consume_changes(self) -> None:
+        assert self.watcher is not None
+        async for changes in self.watcher.changes():
+            self.files_changed(changes.paths)
+
+    async def run(
+        self,
+        *,
+        startup_build: bool | None = None,
+        ready: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Run until `quit`. `startup_build=None`: build only if needed."""
+        project = str(self.backend.project_dir)
+        self.emit(Event("loop_started", {"project": project, "backend": self.backend.kind}))
+        need = self.startup_scan() if startup_build is None else startup_build
+        if need:
+            self._forced = "startup"
+        elif self.last_layout is not None and self.deployer is not None:
+            self._deploy_request = {"full": False, "app_only": False}
+        self._wake.set()
+        tasks = [asyncio.ensure_future(self._worker())]
+        if self.watcher is not None:
+            tasks.append(asyncio.ensure_future(self._consume_changes()))
+        if ready is not None:
+            await ready()
+        try:
+            await self._quit.wait()
+        finally:
+            if self._build_run is not None:
+                self._build_run.cancel()
+            if self.watcher is not None:
+                self.watcher.stop()
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            self.emit(Event("loop_stopped"))
+
+    def stop(self) -> None:
+        self._quit.set()
+        self._wake.set()
+
+    def info(self) -> dict[str, Any]:
+        return {"state": self.state, "generation": self.generation, "paused": self.paused}

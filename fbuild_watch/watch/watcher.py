@@ -1,0 +1,229 @@
+"""Filesystem events (watchfiles) -> debounced, verified change sets.
+
+Debounce is a quiet period: a batch of changes is released once no new
+event arrived for `quiet_ms`, or after `max_wait_ms` so a continuous stream
+still builds. While `.git/index.lock` exists (a checkout or rebase in
+progress) nothing is released, so a branch switch yields one build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import watchfiles
+
+from fbuild_watch.watch.state import ChangeSet, WatchSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    quiet_ms: int = 40
+    max_wait_ms: int = 1000
+    idle_rescan_s: float = 180.0  # heals silent misses (kernel queue overflow, watch limit)
+    force_polling: bool = False
+    poll_interval_ms: int = 250
+
+
+@dataclass
+class WatchStats:
+    batches: int = 0
+    raw_events: int = 0  # every event watchfiles reported, ignored ones included
+    events: int = 0
+    releases: int = 0
+    touch_only: int = 0
+    rescans: int = 0
+    healed: int = 0  # changes found by an idle rescan that events missed
+    lock_waits: int = 0
+    watcher_errors: int = 0
+    mode: str = "events"
+
+
+class Watcher:
+    def __init__(
+        self,
+        watch_set: WatchSet,
+        options: WatchOptions | None = None,
+        *,
+        on_note: Callable[[str], None] | None = None,
+    ) -> None:
+        self.ws = watch_set
+        self.opts = options or WatchOptions()
+        self.stats = WatchStats(mode="polling" if self.opts.force_polling else "events")
+        self.on_note = on_note or log.info
+        self._kick = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._rescan_needed = False
+        self._paused = False
+        self._source_task: asyncio.Task[None] | None = None
+        self.last_event_at = 0.0  # monotonic time of the newest event seen
+
+    # -- control --------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+        self._kick.set()
+
+    def pause(self, paused: bool) -> None:
+        """Paused: events are still recorded, nothing is released."""
+        self._paused = paused
+        if not paused:
+            self._kick.set()
+
+    def request_rescan(self) -> None:
+        self._rescan_needed = True
+        self._kick.set()
+
+    # -- event source -----------------------------------------------------------
+    def _filter(self, change: watchfiles.Change, path: str) -> bool:
+        self.stats.raw_events += 1
+        return not self.ws.ignore.ignored_abs(path)
+
+    def _absorb(self, batch: set[tuple[watchfiles.Change, str]]) -> None:
+        self.stats.batches += 1
+        self.stats.events += len(batch)
+        self.last_event_at = time.monotonic()
+        files: list[str] = []
+        dirs: list[str] = []
+        for change, path in batch:
+            if self.ws.ignore.is_ignore_file(os.path.basename(path)):
+                self._rescan_needed = True  # the rules themselves changed
+            if change == watchfiles.Change.added and os.path.isdir(path):
+                dirs.append(path)  # files created right after it may have no events
+            elif change == watchfiles.Change.deleted and not os.path.exists(path):
+                dirs.append(path)  # maybe a directory renamed away: drop its files
+                files.append(path)
+            else:
+                files.append(path)
+        self.ws.mark(files, dirs=dirs)
+        self._kick.set()
+
+    async def _events(self) -> None:
+        roots = [str(self.ws.root / p) if p else str(self.ws.root) for p in self.ws.paths]
+        roots = [r for r in roots if os.path.exists(r)] or [str(self.ws.root)]
+        while not self._stop.is_set():
+            try:
+                async for batch in watchfiles.awatch(
+                    *roots,
+                    watch_filter=self._filter,
+                    debounce=max(self.opts.quiet_ms, 50),
+                    step=5,
+                    stop_event=self._stop,
+                    rust_timeout=1000,
+                    yield_on_timeout=False,
+                    force_polling=False,
+                ):
+                    self._absorb(batch)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # watcher died (watch limit, fs gone, ...)
+                self.stats.watcher_errors += 1
+                self.on_note(f"file watcher error ({exc}); rescanning and falling back to polling")
+                self.stats.mode = "polling"
+                self._rescan_needed = True
+                self._kick.set()
+                await self._poll()
+                return
+
+    async def _poll(self) -> None:
+        """Polling mode: compare st_mtime_ns + size (never whole seconds)."""
+        interval = self.opts.poll_interval_ms / 1000
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
+            if self._stop.is_set():
+                return
+            dirty = await asyncio.to_thread(self.ws.stat_diff)
+            if dirty:
+                self.last_event_at = time.monotonic()
+                self.ws.mark(dirty)
+                self._kick.set()
+
+    def _start_source(self) -> None:
+        if self._source_task is None:
+            coro = self._poll() if self.opts.force_polling else self._events()
+            self._source_task = asyncio.ensure_future(coro)
+
+    # -- releases ---------------------------------------------------------------
+    async def _quiet(self) -> None:
+        start = time.monotonic()
+        cap = self.opts.max_wait_ms / 1000
+        while True:
+            self._kick.clear()
+            remaining = cap - (time.monotonic() - start)
+            if remaining <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._kick.wait(), min(self.opts.quiet_ms / 1000, remaining))
+            except TimeoutError:
+                return
+            if self._stop.is_set():
+                return
+
+    async def _git_settled(self) -> None:
+        lock = self.ws.root / ".git" / "index.lock"
+        if not lock.exists():
+            return
+        self.stats.lock_waits += 1
+        while lock.exists() and not self._stop.is_set():
+            await asyncio.sleep(0.05)
+        await self._quiet()
+
+    async def changes(self) -> AsyncIterator[ChangeSet]:
+        """Yields each real content change set, after the quiet period."""
+        self._start_source()
+        try:
+            while not self._stop.is_set():
+                try:
+                    await asyncio.wait_for(self._kick.wait(), self.opts.idle_rescan_s)
+                except TimeoutError:
+                    healed = await self._rescan()
+                    if healed:
+                        self.stats.healed += len(healed.paths)
+                        self.on_note(
+                            f"idle rescan found {len(healed.paths)} change(s) the events missed"
+                        )
+                        yield healed
+                    continue
+                if self._stop.is_set():
+                    break
+                await self._quiet()
+                await self._git_settled()
+                if self._paused:
+                    continue
+                if self._rescan_needed:
+                    cs = await self._rescan()
+                else:
+                    cs = await asyncio.to_thread(self.ws.refresh)
+                if cs:
+                    self.stats.releases += 1
+                    yield cs
+                elif cs.touched:
+                    self.stats.touch_only += 1
+        finally:
+            self._stop.set()
+            if self._source_task is not None:
+                self._source_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._source_task
+
+    async def _rescan(self) -> ChangeSet:
+        self._rescan_needed = False
+        self.stats.rescans += 1
+        if self.ws.ignore.use_ignore_files:
+            self.ws.ignore.load_ignore_files(self.ws.root)
+        return await asyncio.to_thread(self.ws.scan)
+
+
+def state_path_for(output_dirs: list[Path], project_dir: Path) -> Path:
+    """Where the watch state lives: next to the build outputs."""
+    base = output_dirs[0] if output_dirs else project_dir
+    return base / ".fbuild" / "watch-state.json"

@@ -1,0 +1,132 @@
+"""The loop's build scheduling: queue/restart, stale results, start-up skip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.fwkit import Build
+from tests.loopkit import FakeDeployer, LoopRun, make_project
+
+
+async def _wait_watch_ready(run: LoopRun, project: Path) -> None:
+    """Prove the watcher is live: an ignored-file event must reach its filter."""
+    w = run.loop.watcher
+    assert w is not None
+    probe = project / "src" / "probe.tmp"
+    for _ in range(400):
+        before = w.stats.raw_events
+        probe.write_text("x")
+        try:
+            await run.until(lambda: w.stats.raw_events > before, 0.05)
+            break
+        except TimeoutError:
+            continue
+    probe.unlink()
+
+
+async def test_change_during_build_gives_one_follow_up_and_no_stale_deploy(
+    tmp_path: Path, firmware: Build
+) -> None:
+    gate = tmp_path / "gate"
+    project = make_project(tmp_path / "p", firmware, gate=gate)
+    deployer = FakeDeployer()
+    run = LoopRun(project, deployer=deployer)
+    await run.start(startup_build=True)
+    await run.expect("build_output", lambda e: e.data["line"] == "waiting for gate")
+    await _wait_watch_ready(run, project)
+    (project / "src" / "main.c").write_text("int main(void) { return 1; }\n")
+    await run.expect("files_changed")
+    gate.write_text("go")
+    first = await run.expect("build_finished")
+    assert first.data["ok"] and first.data["stale"]
+    second_start = await run.expect("build_started")
+    assert second_start.data["changed"] == ["src/main.c"]
+    await run.expect("build_output", lambda e: e.data["line"] == "waiting for gate")
+    gate.write_text("go")
+    second = await run.expect("build_finished")
+    assert second.data["ok"] and not second.data["stale"]
+    await run.expect("cycle_finished", lambda e: e.data["generation"] == second.data["generation"])
+    assert len(deployer.deploys) == 1  # the stale result was never deployed
+    assert deployer.deploys[0][0] == second.data["image_hash"]
+    assert run.types().count("build_started") == 2
+    await run.stop()
+
+
+async def test_restart_policy_cancels_the_running_build(tmp_path: Path, firmware: Build) -> None:
+    gate = tmp_path / "gate"
+    project = make_project(tmp_path / "p", firmware, gate=gate)
+    run = LoopRun(project, deployer=FakeDeployer(), on_busy="restart")
+    await run.start(startup_build=True)
+    await run.expect("build_output", lambda e: e.data["line"] == "waiting for gate")
+    await _wait_watch_ready(run, project)
+    (project / "src" / "main.c").write_text("int main(void) { return 2; }\n")
+    cancelled = await run.expect("build_finished")
+    assert cancelled.data["cancelled"] and not cancelled.data["ok"]
+    await run.expect("build_started")
+    await run.expect("build_output", lambda e: e.data["line"] == "waiting for gate")
+    gate.write_text("go")
+    done = await run.expect("build_finished")
+    assert done.data["ok"] and not done.data["stale"]
+    await run.stop()
+
+
+async def test_failed_build_is_not_deployed(tmp_path: Path, firmware: Build) -> None:
+    project = make_project(tmp_path / "p", firmware)
+    (project / "src" / "broken").write_text("")
+    deployer = FakeDeployer()
+    run = LoopRun(project, deployer=deployer, watch=False)
+    await run.start(startup_build=True)
+    ev = await run.expect("build_finished")
+    assert not ev.data["ok"]
+    assert ev.data["diagnostics"][0]["file"] == "src/main.c"
+    await run.expect("cycle_finished")
+    assert deployer.deploys == []
+    await run.stop()
+
+
+async def test_persisted_fingerprint_skips_startup_build(tmp_path: Path, firmware: Build) -> None:
+    project = make_project(tmp_path / "p", firmware)
+    first = LoopRun(project, deployer=FakeDeployer(), watch=False)
+    await first.start()  # no state yet: builds
+    await first.expect("build_finished", lambda e: e.data["ok"])
+    await first.expect("cycle_finished")
+    await first.stop()
+    assert (project / "build" / "count").read_text() == "1"
+
+    deployer = FakeDeployer()
+    second = LoopRun(project, deployer=deployer, watch=False)
+    await second.start()
+    skipped = await second.expect("build_skipped")
+    assert skipped.data["reason"].startswith("sources unchanged")
+    await second.stop()
+    assert "build_started" not in second.types()
+    assert (project / "build" / "count").read_text() == "1"
+    assert len(deployer.deploys) == 1  # still deployed: the ladder decides what to send
+
+    # a file changed while the tool was not running: detected at start-up
+    (project / "src" / "main.c").write_text("int main(void) { return 9; }\n")
+    third = LoopRun(project, deployer=FakeDeployer(), watch=False)
+    await third.start()
+    scan = await third.expect("startup_scan")
+    assert scan.data["changed_since_last_build"] == 1
+    await third.expect("build_finished", lambda e: e.data["ok"])
+    await third.stop()
+    assert (project / "build" / "count").read_text() == "2"
+
+
+async def test_commands_rebuild_and_unknown(tmp_path: Path, firmware: Build) -> None:
+    project = make_project(tmp_path / "p", firmware)
+    deployer = FakeDeployer()
+    run = LoopRun(project, deployer=deployer, watch=False)
+    await run.start(startup_build=True)
+    await run.expect("cycle_finished")
+    run.loop.command("rebuild")
+    ev = await run.expect("build_started")
+    assert ev.data["reason"] == "rebuild"
+    await run.expect("cycle_finished")
+    run.loop.command("full-flash")
+    run.loop.command("bogus")
+    err = await run.expect("error")
+    assert "unknown command 'bogus'" in err.data["message"]
+    await run.stop()
+    assert deployer.deploys[-1][1] is True  # the full-flash request reached the deployer
