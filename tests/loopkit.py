@@ -12,7 +12,7 @@ from fbuild_watch.build.backends import detect_backend
 from fbuild_watch.events import Event
 from fbuild_watch.image.layout import ValidatedLayout
 from fbuild_watch.loop import Loop
-from fbuild_watch.watch import IgnoreRules, WatchOptions, Watcher, WatchSet
+from fbuild_watch.watch import IgnoreRules, Watcher, WatchOptions, WatchSet
 from tests.fwkit import Build
 
 BUILD_PY = """

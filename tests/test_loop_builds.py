@@ -17,7 +17,7 @@ async def _wait_watch_ready(run: LoopRun, project: Path) -> None:
         before = w.stats.raw_events
         probe.write_text("x")
         try:
-            await run.until(lambda: w.stats.raw_events > before, 0.05)
+            await run.until(lambda b=before: w.stats.raw_events > b, 0.05)  # type: ignore[misc]
             break
         except TimeoutError:
             continue

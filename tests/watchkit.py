@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-from fbuild_watch.watch import ChangeSet, IgnoreRules, WatchOptions, Watcher, WatchSet
+from fbuild_watch.watch import ChangeSet, IgnoreRules, Watcher, WatchOptions, WatchSet
 
 
 class Harness:
