@@ -17,6 +17,7 @@ from bench.common import RESULTS, ROOT, machine
 # Order of the report; each module has main() -> dict and render(dict) -> lines.
 BENCHMARKS = {
     "build": "Build",
+    "watch": "Watch set",
 }
 
 

@@ -53,9 +53,9 @@ def stats_ms(samples_s: list[float]) -> dict[str, float]:
     ms = sorted(s * 1000 for s in samples_s)
     p90 = ms[min(len(ms) - 1, round(0.9 * (len(ms) - 1)))]
     return {
-        "median_ms": round(statistics.median(ms), 3),
-        "p90_ms": round(p90, 3),
-        "min_ms": round(ms[0], 3),
+        "median_ms": round(statistics.median(ms), 6),
+        "p90_ms": round(p90, 6),
+        "min_ms": round(ms[0], 6),
         "n": len(ms),
     }
 
