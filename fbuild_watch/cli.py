@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,6 +85,53 @@ def _build(args: argparse.Namespace) -> int:
         print(f"fbuild: error: {result.error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    import concurrent.futures
+
+    from fbuild_watch.build import detect_backend
+    from fbuild_watch.deploy import BoardConnection, BoardDeployer, FlashCache, SessionTrust
+    from fbuild_watch.deploy.ports import resolve_ports
+    from fbuild_watch.sim import register
+
+    register()
+    backend = detect_backend(Path(args.project), fqbn=args.fqbn)
+    layout = backend.load_layout().validate()  # never flash what was not validated
+    cfg_ports = list(backend.config.port) if backend.config else []
+    infos = resolve_ports(args.port or cfg_ports or None)
+    baud = args.baud or (backend.config.baud if backend.config and backend.config.baud else None)
+    baud = baud or int(os.environ.get("ESPBAUD", "460800"))
+    cache = None if args.no_trust else FlashCache()
+
+    def one(info: object) -> dict[str, object]:
+        from fbuild_watch.deploy.ports import PortInfo
+
+        assert isinstance(info, PortInfo)
+        conn = BoardConnection(info)
+        conn.open()
+        try:
+            dep = BoardDeployer(
+                conn, baud=baud, trust=SessionTrust(enabled=not args.no_trust), cache=cache
+            )
+            return dep.deploy(layout, full=args.full, app_only=args.app_only).as_dict()
+        finally:
+            conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(infos)) as pool:
+        results = list(pool.map(one, infos))
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+    else:
+        for r in results:
+            print(f"{r['port']}: {r['summary']}")
+    failed = [r for r in results if not r["ok"]]
+    for r in failed:
+        print(
+            f"fbuild: error: {r['port']}: deploy failed: {r['error']} ({r['flash_state']})",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
 
 
 def _sim_serve(args: argparse.Namespace) -> int:
@@ -176,6 +224,29 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--json", action="store_true", help="print one JSON object")
     build.add_argument("--fqbn", help="Arduino board FQBN (Arduino CLI projects)")
     build.set_defaults(func=_build)
+
+    deploy = sub.add_parser(
+        "deploy",
+        help="deploy the last build to the board(s) with the least flash traffic",
+        description=(
+            "Deploy the existing, validated build outputs. Without session trust this is a "
+            "verify-probe: device MD5s (or the confirmed last layout of this board) decide which "
+            "4 KiB sectors to write. --full writes everything."
+        ),
+    )
+    deploy.add_argument("project", nargs="?", default=".", metavar="PROJECT")
+    port_help = (
+        "device, sim://NAME, socket://HOST:PORT or rfc2217://HOST:PORT "
+        "(repeat for several boards; default: ESPPORT or the one ESP found)"
+    )
+    deploy.add_argument("--port", "-p", action="append", metavar="PORT", help=port_help)
+    deploy.add_argument("--baud", "-b", type=int, help="flashing baud (default: ESPBAUD or 460800)")
+    deploy.add_argument("--full", action="store_true", help="write every region in full")
+    deploy.add_argument("--app-only", action="store_true", help="only the app region(s)")
+    deploy.add_argument("--no-trust", action="store_true", help="ignore the cached last layout")
+    deploy.add_argument("--fqbn", help="Arduino board FQBN (Arduino CLI projects)")
+    deploy.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    deploy.set_defaults(func=_deploy)
 
     sim = sub.add_parser("sim", help="the virtual ESP32-C3 board")
     sim_sub = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")

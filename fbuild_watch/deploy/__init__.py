@@ -1,0 +1,20 @@
+"""Deploy engine: port ownership, board identity, trust, the deploy ladder."""
+
+from __future__ import annotations
+
+from fbuild_watch.deploy.connection import BoardConnection
+from fbuild_watch.deploy.engine import BoardDeployer
+from fbuild_watch.deploy.outcome import DeployOutcome
+from fbuild_watch.deploy.ports import PortInfo, describe, resolve_ports
+from fbuild_watch.deploy.trust import FlashCache, SessionTrust
+
+__all__ = [
+    "BoardConnection",
+    "BoardDeployer",
+    "DeployOutcome",
+    "FlashCache",
+    "PortInfo",
+    "SessionTrust",
+    "describe",
+    "resolve_ports",
+]

@@ -1,0 +1,210 @@
+"""One process owns each board's serial port for the whole session.
+
+The monitor reads from it on a reader thread; a deploy pauses the reader and
+hands the *same* port object to esptool, then resumes reading before it
+resets the board so the boot log is captured from its first byte. When the
+port disappears (unplug, USB re-enumeration) the connection says so, keeps
+trying, and re-attaches to the same port when it comes back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import serial
+
+from fbuild_watch.deploy.ports import PortInfo
+from fbuild_watch.deploy.simport import sim_present
+from fbuild_watch.errors import RuntimeFailure
+
+REOPEN_INTERVAL_S = 0.25
+
+
+class CountingPort:
+    """Delegates to a serial port and counts the bytes on the wire, so the
+    numbers are real on real hardware too."""
+
+    def __init__(self, port: Any) -> None:
+        object.__setattr__(self, "_port", port)
+        object.__setattr__(self, "sent", 0)
+        object.__setattr__(self, "received", 0)
+
+    def read(self, size: int = 1) -> bytes:
+        data: bytes = self._port.read(size)
+        object.__setattr__(self, "received", self.received + len(data))
+        return data
+
+    def write(self, data: bytes) -> int:
+        n: int = self._port.write(data)
+        object.__setattr__(self, "sent", self.sent + len(data))
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._port, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._port, name, value)
+
+
+def _present(info: PortInfo) -> bool:
+    if info.url.startswith("sim://"):
+        return sim_present(info.url)
+    if "://" in info.url:
+        return True  # network ports: only an open attempt can tell
+    return Path(info.url).exists()
+
+
+class BoardConnection:
+    def __init__(
+        self,
+        info: PortInfo,
+        *,
+        baud: int = 115200,
+        on_data: Callable[[bytes, float], None] | None = None,
+        on_state: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.info = info
+        self.baud = baud  # the app's console baud (the monitor reads at this rate)
+        self.on_data = on_data or (lambda _d, _t: None)
+        self.on_state = on_state or (lambda _s, _m: None)
+        self.port: Any = None
+        self.state = "closed"
+        self.disconnects: list[float] = []  # monotonic times of disconnect edges
+        self.last_data_at = 0.0
+        self._lock = threading.Lock()
+        self._pause_req = threading.Event()
+        self._paused = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return self.info.url
+
+    # -- lifecycle --------------------------------------------------------------
+    def open(self) -> None:
+        """Open now (raises RuntimeFailure with the reason) and start reading."""
+        self._open_port()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._reader, name=f"reader-{self.url}", daemon=True)
+        self._thread.start()
+
+    def _open_port(self) -> None:
+        try:
+            port = serial.serial_for_url(
+                self.url, baudrate=self.baud, timeout=0.05, exclusive=True, do_not_open=True
+            )
+            port.open()
+        except (serial.SerialException, OSError, ValueError) as exc:
+            text = str(exc)
+            if "busy" in text.lower() or "lock" in text.lower():
+                raise RuntimeFailure(
+                    f"{self.url}: port busy: held by another program ({text})"
+                ) from None
+            raise RuntimeFailure(f"{self.url}: cannot open port: {text}") from None
+        with self._lock:
+            self.port = port
+        self._set_state("connected", "")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._pause_req.clear()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2)
+        with self._lock:
+            port, self.port = self.port, None
+        if port is not None:
+            with contextlib.suppress(Exception):
+                port.close()
+        self._set_state("closed", "")
+
+    def _set_state(self, state: str, message: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.on_state(state, message)
+
+    # -- the reader -------------------------------------------------------------
+    def _reader(self) -> None:
+        while not self._stop.is_set():
+            if self._pause_req.is_set():
+                self._paused.set()
+                while self._pause_req.is_set() and not self._stop.is_set():
+                    time.sleep(0.002)
+                self._paused.clear()
+                continue
+            port = self.port
+            if port is None:
+                self._reconnect()
+                continue
+            try:
+                # read(1) returns at the first byte; then take what is buffered.
+                # (read(4096) would wait out the timeout on a quiet line.)
+                data = port.read(1)
+                if data:
+                    waiting = port.in_waiting
+                    if waiting:
+                        data += port.read(waiting)
+            except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
+                self._lost(str(exc))
+                continue
+            if data:
+                self.last_data_at = time.monotonic()
+                self.on_data(data, time.time())
+
+    def _lost(self, reason: str) -> None:
+        with self._lock:
+            port, self.port = self.port, None
+        if port is not None:
+            with contextlib.suppress(Exception):
+                port.close()
+        self.disconnects.append(time.monotonic())
+        self._set_state("waiting", f"port disappeared ({reason}); waiting for the board")
+
+    def _reconnect(self) -> None:
+        if self._stop.wait(REOPEN_INTERVAL_S):
+            return
+        if self._pause_req.is_set() or not _present(self.info):
+            return
+        with contextlib.suppress(RuntimeFailure):
+            self._open_port()
+
+    # -- exclusive use by a deploy ----------------------------------------------
+    @contextlib.contextmanager
+    def exclusive(self, timeout: float = 5.0) -> Iterator[ExclusiveUse]:
+        """Pause the reader and lend the open port (wrapped to count bytes)."""
+        if self.port is None:
+            deadline = time.monotonic() + timeout
+            while self.port is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if self.port is None:
+                raise RuntimeFailure(f"{self.url}: board not connected")
+        self._pause_req.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._paused.wait(timeout)
+        use = ExclusiveUse(self)
+        try:
+            yield use
+        finally:
+            use.resume()
+
+    def resume(self) -> None:
+        self._pause_req.clear()
+
+
+class ExclusiveUse:
+    def __init__(self, conn: BoardConnection) -> None:
+        self.conn = conn
+        self.port = CountingPort(conn.port)
+        self.resumed = False
+
+    def resume(self) -> None:
+        """Give the port back to the reader (before a reset, so the first
+        boot byte is read)."""
+        if not self.resumed:
+            self.resumed = True
+            self.conn.resume()

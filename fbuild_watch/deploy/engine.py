@@ -1,0 +1,315 @@
+"""The deploy ladder for one board, cheapest rung first:
+
+1. trust-skip   the image equals what this session verified on this board:
+                no serial traffic, no reset; the app keeps running.
+2. sector-delta trusted but different: write only the 4 KiB sectors that
+                differ from the trusted bytes, check each region's MD5, reset.
+3. verify-probe no trust (first deploy of a session): confirm the persisted
+                last layout with one MD5 per region and diff against it, or
+                probe MD5s of regions, 64 KiB blocks and 4 KiB sectors;
+                write only what differs.
+4. full         everything (on request, or when a check fails).
+
+Only a `ValidatedLayout` is accepted. A write that fails or is interrupted
+reports `failed` with what is known to be on flash and clears trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from esptool.cmds import attach_flash, detect_chip, run_stub, write_flash
+from esptool.reset import ClassicReset, HardReset, UnixTightReset, USBJTAGSerialReset
+
+from fbuild_watch.deploy.connection import BoardConnection, ExclusiveUse
+from fbuild_watch.deploy.esplog import captured
+from fbuild_watch.deploy.outcome import DeployOutcome
+from fbuild_watch.deploy.plan import BLOCK, SECTOR, Run, estimate_s, sector_runs
+from fbuild_watch.deploy.simport import sim_usb_serial
+from fbuild_watch.deploy.trust import FlashCache, SessionTrust, TrustedImage
+from fbuild_watch.image.layout import APP, Region, ValidatedLayout
+
+ROM_BAUD = 115200
+# The ESP32-C3 ROM inflates too (FLASH_DEFL_*); esptool only defaults to
+# compression with its stub. Flash parameters stay as the build set them.
+_WRITE_OPTS: dict[str, Any] = {
+    "compress": True,
+    "flash_mode": "keep",
+    "flash_freq": "keep",
+    "flash_size": "keep",
+}
+FIRST_BYTE_TIMEOUT_S = 3.0
+
+
+def _usb_serial(conn: BoardConnection) -> str | None:
+    if conn.url.startswith("sim://"):
+        return sim_usb_serial(conn.url)
+    return conn.info.serial_number
+
+
+def _has_tty(port: Any) -> bool:
+    try:
+        fd = port.fileno()
+    except (OSError, AttributeError, ValueError):
+        return False
+    return isinstance(fd, int) and os.isatty(fd)
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+class BoardDeployer:
+    def __init__(
+        self,
+        conn: BoardConnection,
+        *,
+        baud: int = 460800,
+        trust: SessionTrust | None = None,
+        cache: FlashCache | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.conn = conn
+        self.baud = baud
+        self.trust = trust or SessionTrust()
+        self.cache = cache
+        self.log = log or (lambda _m: None)
+        self.identity: str | None = None
+
+    # ------------------------------------------------------------------------
+    def deploy(
+        self, layout: ValidatedLayout, *, full: bool = False, app_only: bool = False
+    ) -> DeployOutcome:
+        if not isinstance(layout, ValidatedLayout):
+            raise TypeError("deploy() takes a ValidatedLayout: validate the layout first")
+        t0 = time.monotonic()
+        out = DeployOutcome(port=self.conn.url, image_hash=layout.image_hash)
+        regions = [
+            r
+            for r in layout.layout.regions
+            if not app_only or r.name == APP or r.name.startswith(APP + ":")
+        ]
+        if full:
+            self.trust.clear("full flash requested")
+        trusted = self.trust.check(
+            connected=self.conn.state == "connected",
+            disconnects=self.conn.disconnects,
+            usb_serial=_usb_serial(self.conn),
+        )
+        if trusted is not None and all(trusted.regions.get(r.offset) == r.data for r in regions):
+            out.kind = "trust-skip"
+            out.identity = trusted.identity
+            out.regions_skipped = [r.name for r in regions]
+            out.duration_s = time.monotonic() - t0
+            return out
+        try:
+            with captured(out.log.append), self.conn.exclusive() as use:
+                self._deploy_connected(
+                    use=use, layout=layout, regions=regions, trusted=trusted, full=full, out=out
+                )
+        except Exception as exc:  # esptool FatalError, serial errors, ...
+            self._failed(out, exc)
+        out.duration_s = time.monotonic() - t0
+        return out
+
+    def _failed(self, out: DeployOutcome, exc: BaseException) -> None:
+        out.kind = "failed"
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        out.error = text.split(" For troubleshooting")[0]
+        if out.flash_bytes_written or out.phases.get("write"):
+            out.flash_state = "partially written: the board may not boot until the next deploy"
+        elif out.flash_state is None:
+            out.flash_state = "unchanged: nothing was written"
+        self.trust.clear(f"deploy failed: {out.error}")
+
+    # ------------------------------------------------------------------------
+    def _enter_bootloader(self, use: ExclusiveUse, out: DeployOutcome) -> Any:
+        port = use.port
+        if self.conn.url.startswith("socket://"):
+            strategies: list[Any] = [None]  # no modem lines over TCP: the board must already listen
+        elif self.conn.info.usb_jtag:
+            strategies = [USBJTAGSerialReset(port)]
+        elif _has_tty(port):
+            strategies = [
+                UnixTightReset(port, 0.05),
+                UnixTightReset(port, 0.55),
+                ClassicReset(port, 0.05),
+            ]
+        else:
+            strategies = [ClassicReset(port, 0.05), ClassicReset(port, 0.55)]
+        last: Exception | None = None
+        for strategy in strategies:
+            port.baudrate = ROM_BAUD
+            if strategy is not None:
+                port.reset_input_buffer()
+                strategy()
+                out.resets += 1
+            try:
+                return detect_chip(port, ROM_BAUD, "no-reset", connect_attempts=2)
+            except Exception as exc:
+                last = exc
+        raise last if last else RuntimeError("cannot connect")
+
+    def _deploy_connected(
+        self,
+        *,
+        use: ExclusiveUse,
+        layout: ValidatedLayout,
+        regions: list[Region],
+        trusted: TrustedImage | None,
+        full: bool,
+        out: DeployOutcome,
+    ) -> None:
+        t = time.monotonic()
+        esp = self._enter_bootloader(use, out)
+        identity = ":".join(f"{b:02x}" for b in esp.read_mac())
+        out.identity = identity
+        self.identity = identity
+        out.phases["connect"] = time.monotonic() - t
+        if trusted is not None and trusted.identity != identity:
+            self.trust.clear("a different chip answered on this port")
+            trusted = None
+
+        # -- plan ---------------------------------------------------------------
+        known: dict[int, bytes] = dict(trusted.regions) if trusted else {}
+        verified_regions: dict[int, bytes] = {}
+        if full:
+            out.kind = "full"
+            runs = [Run(r.name, r.offset, r.data) for r in regions]
+        elif trusted is not None:
+            out.kind = "sector-delta"
+            runs = [
+                run
+                for r in regions
+                for run in sector_runs(r.name, r.offset, r.data, known.get(r.offset))
+            ]
+        else:
+            out.kind = "verify-probe"
+            t = time.monotonic()
+            runs = self._probe(esp, regions, out, verified_regions)
+            out.phases["verify"] = time.monotonic() - t
+
+        stub = bool(runs) and estimate_s(runs, stub=True, baud=self.baud) < estimate_s(
+            runs, stub=False, baud=self.baud
+        )
+        if runs:
+            t = time.monotonic()
+            if stub:
+                esp = run_stub(esp)
+                out.stub_used = True
+            attach_flash(esp)
+            if self.baud != ROM_BAUD:
+                esp.change_baud(self.baud)
+            out.phases["stub" if stub else "setup"] = time.monotonic() - t
+            t = time.monotonic()
+            self.trust.clear("write in progress")
+            for run in runs:
+                write_flash(esp, [(run.offset, run.data)], **_WRITE_OPTS)
+                out.flash_bytes_written += len(run.data)
+                out.sectors_written += run.sectors
+                if run.region not in out.regions_written:
+                    out.regions_written.append(run.region)
+            out.phases["write"] = time.monotonic() - t
+            if out.kind == "sector-delta":
+                # final check of each touched region as a whole (esptool diff_with's rule)
+                t = time.monotonic()
+                for r in regions:
+                    if r.name in out.regions_written and esp.flash_md5sum(r.offset, r.size) != _md5(
+                        r.data
+                    ):
+                        out.log.append(
+                            f"{r.name}: MD5 mismatch after delta write, rewriting the region"
+                        )
+                        write_flash(esp, [(r.offset, r.data)], **_WRITE_OPTS)
+                        out.flash_bytes_written += r.size
+                        out.sectors_written += -(-r.size // SECTOR)
+                out.phases["verify"] = time.monotonic() - t
+        out.regions_skipped = [r.name for r in regions if r.name not in out.regions_written]
+
+        # -- trust and cache --------------------------------------------------
+        new_known = {**known, **verified_regions, **{r.offset: r.data for r in regions}}
+        for off in list(new_known):  # drop regions the new layout overlaps
+            if any(r.offset != off and r.offset <= off < r.end for r in regions):
+                del new_known[off]
+        self.trust.set(
+            TrustedImage(identity, new_known, layout.image_hash, usb_serial=_usb_serial(self.conn))
+        )
+        if self.cache is not None:
+            self.cache.save(
+                identity,
+                {r.offset: r.data for r in layout.layout.regions if r in regions} | new_known,
+            )
+
+        # -- reset into the app, reading from the first byte ---------------------
+        t = time.monotonic()
+        use.port.baudrate = self.conn.baud
+        use.port.timeout = 0.05
+        before = self.conn.last_data_at
+        out.wire_bytes_sent, out.wire_bytes_received = use.port.sent, use.port.received
+        use.resume()
+        self.trust.note_own_reset()
+        HardReset(use.port._port, uses_usb=self.conn.info.usb_jtag)()
+        out.resets += 1
+        reset_at = time.monotonic()
+        out.phases["reset"] = reset_at - t
+        while (
+            self.conn.last_data_at <= before and time.monotonic() - reset_at < FIRST_BYTE_TIMEOUT_S
+        ):
+            time.sleep(0.002)
+        if self.conn.last_data_at > before:
+            out.phases["first_boot_byte"] = max(0.0, self.conn.last_data_at - reset_at)
+
+    # ------------------------------------------------------------------------
+    def _probe(
+        self, esp: Any, regions: list[Region], out: DeployOutcome, confirmed: dict[int, bytes]
+    ) -> list[Run]:
+        """Runs to write when nothing is trusted: the cached last layout
+        confirmed by one MD5 per region, else MD5 probes."""
+        cached = self.cache.load(self.identity) if self.cache and self.identity else {}
+        runs: list[Run] = []
+        for r in regions:
+            if esp.flash_md5sum(r.offset, r.size) == _md5(r.data):
+                confirmed[r.offset] = r.data
+                continue
+            base = cached.get(r.offset)
+            if (
+                base is not None
+                and len(base)
+                and esp.flash_md5sum(r.offset, len(base)) == _md5(base)
+            ):
+                out.log.append(
+                    f"{r.name}: cached last layout confirmed on the board; diffing against it"
+                )
+                runs += sector_runs(r.name, r.offset, r.data, base)
+                continue
+            runs += self._probe_blocks(esp, r)
+        return runs
+
+    def _probe_blocks(self, esp: Any, r: Region) -> list[Run]:
+        runs: list[Run] = []
+        for bstart in range(0, r.size, BLOCK):
+            block = r.data[bstart : bstart + BLOCK]
+            if esp.flash_md5sum(r.offset + bstart, len(block)) == _md5(block):
+                continue
+            for sstart in range(0, len(block), SECTOR):
+                sector = block[sstart : sstart + SECTOR]
+                addr = r.offset + bstart + sstart
+                if esp.flash_md5sum(addr, len(sector)) != _md5(sector):
+                    if runs and runs[-1].offset + len(runs[-1].data) == addr:
+                        runs[-1] = Run(r.name, runs[-1].offset, runs[-1].data + sector)
+                    else:
+                        runs.append(Run(r.name, addr, sector))
+        return runs
+
+    def reset(self) -> None:
+        """Reset the board into its app (the `r` key); the reader keeps reading."""
+        with self.conn.exclusive() as use:
+            use.port.baudrate = self.conn.baud
+            use.port.dtr = False  # IO0 high: boot the app (EN follows RTS only while DTR is off)
+            use.resume()
+            self.trust.note_own_reset()
+            HardReset(use.port._port, uses_usb=self.conn.info.usb_jtag)()

@@ -1,0 +1,73 @@
+"""What one deploy did to one board, in numbers a user can check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+KINDS = ("trust-skip", "sector-delta", "verify-probe", "full", "failed")
+
+
+@dataclass
+class DeployOutcome:
+    port: str
+    kind: str = "failed"
+    image_hash: str | None = None
+    regions_written: list[str] = field(default_factory=list)
+    regions_skipped: list[str] = field(default_factory=list)
+    sectors_written: int = 0
+    flash_bytes_written: int = 0
+    wire_bytes_sent: int = 0
+    wire_bytes_received: int = 0
+    stub_used: bool = False
+    resets: int = 0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds
+    duration_s: float = 0.0
+    identity: str | None = None
+    error: str | None = None
+    flash_state: str | None = None  # after a failure: what is known to be on flash
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.kind != "failed"
+
+    @property
+    def wire_bytes(self) -> int:
+        return self.wire_bytes_sent + self.wire_bytes_received
+
+    def summary(self) -> str:
+        """One line in words, for the status bar and plain mode."""
+        if self.kind == "trust-skip":
+            return "skipped: board already runs this image"
+        if self.kind == "failed":
+            return f"failed: {self.error}"
+        kib = self.flash_bytes_written / 1024
+        plural = "s" if self.sectors_written != 1 else ""
+        what = f"{self.sectors_written} sector{plural} ({kib:.0f} KiB)"
+        if self.flash_bytes_written == 0:
+            what = "nothing (flash already matched)"
+        return f"{self.kind}: wrote {what} in {self.duration_s:.2f} s"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "port": self.port,
+            "kind": self.kind,
+            "ok": self.ok,
+            "summary": self.summary(),
+            "image_hash": self.image_hash,
+            "regions_written": self.regions_written,
+            "regions_skipped": self.regions_skipped,
+            "sectors_written": self.sectors_written,
+            "flash_bytes_written": self.flash_bytes_written,
+            "wire_bytes_sent": self.wire_bytes_sent,
+            "wire_bytes_received": self.wire_bytes_received,
+            "wire_bytes": self.wire_bytes,
+            "stub_used": self.stub_used,
+            "resets": self.resets,
+            "phases_ms": {k: round(v * 1000, 1) for k, v in self.phases.items()},
+            "duration_ms": round(self.duration_s * 1000, 1),
+            "identity": self.identity,
+            "error": self.error,
+            "flash_state": self.flash_state,
+        }

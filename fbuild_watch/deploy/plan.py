@@ -1,0 +1,79 @@
+"""Which bytes to send: sector diffs and the ROM-or-stub cost model."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+SECTOR = 0x1000
+BLOCK = 0x10000
+
+# Cost model for choosing ROM or stub (figures: LOOP.md "Virtual board timing",
+# from shared/notes/esp-serial-protocol.md; the same for real hardware).
+COMMAND_S = 0.004
+SECTOR_ERASE_S = 0.045
+PAGE_PROGRAM_S = 0.0006
+STUB_UPLOAD_BYTES = 8_400  # esptool 5.6 stub v2 for the C3 on the wire, with SLIP/headers
+STUB_COMMANDS = 12
+ROM_BLOCK = 0x400
+STUB_BLOCK = 0x4000
+
+
+@dataclass(frozen=True)
+class Run:
+    """A sector-aligned span of one region to write."""
+
+    region: str
+    offset: int  # flash address
+    data: bytes
+
+    @property
+    def sectors(self) -> int:
+        return -(-len(self.data) // SECTOR)
+
+
+def sector_runs(region: str, offset: int, new: bytes, base: bytes | None) -> list[Run]:
+    """Sector runs where `new` differs from `base` (what the flash holds)."""
+    if base is None:
+        return [Run(region, offset, new)] if new else []
+    runs: list[Run] = []
+    start: int | None = None
+    for pos in range(0, len(new), SECTOR):
+        a = new[pos : pos + SECTOR]
+        b = base[pos : pos + SECTOR]
+        # bytes past the old image are erased flash (0xFF) after a full write
+        b = b + b"\xff" * (len(a) - len(b)) if len(b) < len(a) else b
+        differs = a != b[: len(a)]
+        if differs and start is None:
+            start = pos
+        elif not differs and start is not None:
+            runs.append(Run(region, offset + start, new[start:pos]))
+            start = None
+    if start is not None:
+        runs.append(Run(region, offset + start, new[start:]))
+    return runs
+
+
+def wire_s(nbytes: int, baud: int) -> float:
+    return nbytes * 10 / baud
+
+
+def estimate_s(runs: list[Run], *, stub: bool, baud: int) -> float:
+    """Modelled time to write `runs` over ROM or stub at `baud` (after the
+    connection exists): the cheaper one is used."""
+    total = 0.0
+    if stub:
+        total += wire_s(STUB_UPLOAD_BYTES, 115200) + STUB_COMMANDS * COMMAND_S
+    for run in runs:
+        comp = len(zlib.compress(run.data, 9))
+        block = STUB_BLOCK if stub else ROM_BLOCK
+        blocks = -(-comp // block)
+        erase = run.sectors * SECTOR_ERASE_S
+        program = -(-len(run.data) // 256) * PAGE_PROGRAM_S
+        wire = wire_s(comp, baud)
+        if stub:  # flash work overlaps the wire; acks are immediate
+            total += max(wire, erase + program) + 3 * COMMAND_S
+        else:  # ROM: erase at begin, then synchronous 1 KiB blocks
+            total += erase + wire + program + blocks * COMMAND_S + 2 * COMMAND_S
+        total += len(run.data) / 8_000_000 + COMMAND_S  # esptool's MD5 verify of the run
+    return total

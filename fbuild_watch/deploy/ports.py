@@ -1,0 +1,84 @@
+"""Finding the board's serial port: --port, ESPPORT, or the one likely ESP."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from serial.tools import list_ports
+
+from fbuild_watch.errors import RuntimeFailure
+
+# USB VID:PID of Espressif's USB-Serial/JTAG and the usual devkit bridges.
+KNOWN_BRIDGES: dict[tuple[int, int], str] = {
+    (0x303A, 0x1001): "Espressif USB-Serial/JTAG",
+    (0x303A, 0x0002): "Espressif USB-OTG (CDC)",
+    (0x10C4, 0xEA60): "Silicon Labs CP210x",
+    (0x1A86, 0x7523): "WCH CH340",
+    (0x1A86, 0x55D4): "WCH CH9102",
+    (0x1A86, 0x55D3): "WCH CH343",
+    (0x0403, 0x6001): "FTDI FT232R",
+    (0x0403, 0x6010): "FTDI FT2232",
+    (0x0403, 0x6014): "FTDI FT232H",
+    (0x0403, 0x6015): "FTDI FT-X",
+}
+USB_JTAG = (0x303A, 0x1001)
+
+
+@dataclass(frozen=True)
+class PortInfo:
+    url: str  # what to open: device path or pyserial URL
+    description: str = ""
+    vid: int | None = None
+    pid: int | None = None
+    serial_number: str | None = None
+    location: str | None = None
+
+    @property
+    def usb_jtag(self) -> bool:
+        if self.url.startswith("sim://"):
+            return "usb=jtag" in self.url
+        return (self.vid, self.pid) == USB_JTAG
+
+    @property
+    def is_url(self) -> bool:
+        return "://" in self.url
+
+
+def describe(url: str) -> PortInfo:
+    """USB facts about a port, where the OS has them."""
+    if "://" in url:
+        return PortInfo(url, description=url.split("://", 1)[0] + " port")
+    real = os.path.realpath(url)
+    for p in list_ports.comports():
+        if p.device in (url, real):
+            return PortInfo(url, p.description or "", p.vid, p.pid, p.serial_number, p.location)
+    return PortInfo(url)
+
+
+def likely_esp_ports() -> list[PortInfo]:
+    out = []
+    for p in list_ports.comports():
+        if p.vid is not None and (p.vid, p.pid) in KNOWN_BRIDGES:
+            out.append(PortInfo(p.device, KNOWN_BRIDGES[(p.vid, p.pid)], p.vid, p.pid,
+                                p.serial_number, p.location))  # fmt: skip
+    return out
+
+
+def resolve_ports(requested: list[str] | None) -> list[PortInfo]:
+    """--port values, else ESPPORT (like ESP-IDF), else exactly one likely ESP."""
+    if requested:
+        return [describe(p) for p in requested]
+    env = os.environ.get("ESPPORT")
+    if env:
+        return [describe(env)]
+    found = likely_esp_ports()
+    if len(found) == 1:
+        return found
+    if not found:
+        raise RuntimeFailure(
+            "no ESP board found: pass --port (a device, sim://NAME for the virtual board, "
+            "socket://HOST:PORT or rfc2217://HOST:PORT) or set ESPPORT"
+        )
+    listing = ", ".join(f"{p.url} ({p.description})" for p in found)
+    raise RuntimeFailure(f"several possible ESP ports: {listing}; choose one with --port")

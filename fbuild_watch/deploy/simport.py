@@ -1,0 +1,26 @@
+"""What the deploy side asks of `sim://` ports: presence (the USB bus's
+answer for a real port) and the USB serial number.
+
+Imported lazily: the virtual board needs the `sim` extra (unicorn), which a
+user with real hardware only may not have installed.
+"""
+
+from __future__ import annotations
+
+
+def sim_present(url: str) -> bool:
+    from fbuild_watch.sim.registry import get_board, parse_url
+
+    board = get_board(parse_url(url).name)
+    return board is None or board.present  # not created yet: opening creates it
+
+
+def sim_usb_serial(url: str) -> str | None:
+    from fbuild_watch.sim.registry import get_board, parse_url
+
+    board = get_board(parse_url(url).name)
+    if board is None:
+        return None
+    # USB-Serial/JTAG reports the chip MAC as its serial number; a bridge chip
+    # has its own serial, independent of the ESP behind it.
+    return board.identity.mac.hex(":") if board.usb_jtag else f"SIMBRIDGE-{board.name}"
