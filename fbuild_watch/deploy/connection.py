@@ -23,6 +23,7 @@ from fbuild_watch.deploy.simport import sim_present
 from fbuild_watch.errors import RuntimeFailure
 
 REOPEN_INTERVAL_S = 0.25
+FAST_REOPEN_S = 0.01  # right after our own reset a USB re-enumeration is expected
 
 
 class CountingPort:
@@ -43,6 +44,10 @@ class CountingPort:
         n: int = self._port.write(data)
         object.__setattr__(self, "sent", self.sent + len(data))
         return n
+
+    def close(self) -> None:
+        """esptool closes the port when it gives up connecting; the port is
+        ours for the whole session, so that is ignored."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._port, name)
@@ -76,6 +81,7 @@ class BoardConnection:
         self.state = "closed"
         self.disconnects: list[float] = []  # monotonic times of disconnect edges
         self.last_data_at = 0.0
+        self._fast_until = 0.0
         self._lock = threading.Lock()
         self._pause_req = threading.Event()
         self._paused = threading.Event()
@@ -165,13 +171,32 @@ class BoardConnection:
         self.disconnects.append(time.monotonic())
         self._set_state("waiting", f"port disappeared ({reason}); waiting for the board")
 
+    def expect_reenumeration(self, window_s: float = 3.0) -> None:
+        """Our own reset may make the USB device vanish and come back: look
+        for it often for a while, so little of the boot log is missed."""
+        self._fast_until = time.monotonic() + window_s
+
     def _reconnect(self) -> None:
-        if self._stop.wait(REOPEN_INTERVAL_S):
+        interval = FAST_REOPEN_S if time.monotonic() < self._fast_until else REOPEN_INTERVAL_S
+        if self._stop.wait(interval):
             return
         if self._pause_req.is_set() or not _present(self.info):
             return
         with contextlib.suppress(RuntimeFailure):
             self._open_port()
+
+    def check_alive(self) -> bool:
+        """Ask the port itself (not the reader's last view) whether it is
+        still there; a dead port is recorded as a disconnect edge now."""
+        port = self.port
+        if port is None:
+            return False
+        try:
+            port.in_waiting  # noqa: B018 - raises on a vanished device
+        except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
+            self._lost(str(exc))
+            return False
+        return _present(self.info)
 
     # -- exclusive use by a deploy ----------------------------------------------
     @contextlib.contextmanager

@@ -96,7 +96,7 @@ class BoardDeployer:
         if full:
             self.trust.clear("full flash requested")
         trusted = self.trust.check(
-            connected=self.conn.state == "connected",
+            connected=self.conn.check_alive(),
             disconnects=self.conn.disconnects,
             usb_serial=_usb_serial(self.conn),
         )
@@ -120,7 +120,7 @@ class BoardDeployer:
         out.kind = "failed"
         text = " ".join(str(exc).split()) or type(exc).__name__
         out.error = text.split(" For troubleshooting")[0]
-        if out.flash_bytes_written or out.phases.get("write"):
+        if out.flash_state == "writing":
             out.flash_state = "partially written: the board may not boot until the next deploy"
         elif out.flash_state is None:
             out.flash_state = "unchanged: nothing was written"
@@ -207,6 +207,7 @@ class BoardDeployer:
             out.phases["stub" if stub else "setup"] = time.monotonic() - t
             t = time.monotonic()
             self.trust.clear("write in progress")
+            out.flash_state = "writing"
             for run in runs:
                 write_flash(esp, [(run.offset, run.data)], **_WRITE_OPTS)
                 out.flash_bytes_written += len(run.data)
@@ -229,6 +230,7 @@ class BoardDeployer:
                         out.sectors_written += -(-r.size // SECTOR)
                 out.phases["verify"] = time.monotonic() - t
         out.regions_skipped = [r.name for r in regions if r.name not in out.regions_written]
+        out.flash_state = "verified"
 
         # -- trust and cache --------------------------------------------------
         new_known = {**known, **verified_regions, **{r.offset: r.data for r in regions}}
@@ -252,6 +254,7 @@ class BoardDeployer:
         out.wire_bytes_sent, out.wire_bytes_received = use.port.sent, use.port.received
         use.resume()
         self.trust.note_own_reset()
+        self.conn.expect_reenumeration()
         HardReset(use.port._port, uses_usb=self.conn.info.usb_jtag)()
         out.resets += 1
         reset_at = time.monotonic()
@@ -312,4 +315,5 @@ class BoardDeployer:
             use.port.dtr = False  # IO0 high: boot the app (EN follows RTS only while DTR is off)
             use.resume()
             self.trust.note_own_reset()
+            self.conn.expect_reenumeration()
             HardReset(use.port._port, uses_usb=self.conn.info.usb_jtag)()

@@ -56,6 +56,7 @@ class Faults:
     corrupt_frames: int = 0  # flip a byte in the next N loader frames sent
     stall: bool = False  # the loader swallows requests without answering
     refuse_download: bool = False  # IO0 strap ignored: always boots the app
+    drop_on_command: str | None = None  # unplug when this loader command arrives (e.g. mid-write)
 
 
 @dataclass
@@ -162,6 +163,9 @@ class VirtualBoard:
         self._reset_pending: str | None = None  # reset reason latched by an EN pulse
         self._en_low = False
         self._en_release_at: float | None = None
+        # (time, IO0 low) at each line change: the strap is the IO0 level at
+        # EN release + RC delay, whenever the device thread gets to look.
+        self._io0_history: list[tuple[float, bool]] = [(0.0, False)]
         self._force_download = start == "download"
         self._port_open = False
         self.present = True
@@ -259,24 +263,33 @@ class VirtualBoard:
         # RTS is not. USB-Serial/JTAG decodes the same line pairs itself and
         # latches "download" when it sees DTR without RTS.
         en_low = self._rts and not self._dtr
+        now = time.monotonic()
+        self._io0_history.append((now, self._dtr and not self._rts))
+        del self._io0_history[:-16]
         if self.usb_jtag and self._dtr and not self._rts:
             self._force_download = True
         if en_low and not self._en_low:
             self._en_low = True
             self._en_release_at = None
             self._reset_pending = "usb_uart" if self.usb_jtag else "poweron"
+            if self._cpu is not None:
+                self._cpu.stop_requested = True
             self._wake.notify_all()
         elif not en_low and self._en_low:
             self._en_low = False
             self._en_release_at = time.monotonic()
             self._wake.notify_all()
 
-    def _io0_low(self) -> bool:
+    def _io0_low(self, at: float) -> bool:
         if self.faults.refuse_download:
             return False
         if self.usb_jtag or self._force_download:
             return self._force_download
-        return self._dtr and not self._rts
+        level = False
+        for t, low in self._io0_history:
+            if t <= at:
+                level = low
+        return level
 
     # ===== test / fault API ==============================================
     def unplug(self) -> None:
@@ -356,6 +369,8 @@ class VirtualBoard:
         """Chip comes out of reset now (after the EN RC delay)."""
         self._reset_pending = reason
         self._en_release_at = time.monotonic() - EN_RC_DELAY_S
+        if self._cpu is not None:
+            self._cpu.stop_requested = True
 
     def _emit(self, data: bytes) -> None:
         """Bytes leaving the board's UART towards the host."""
@@ -406,6 +421,10 @@ class VirtualBoard:
 
     def count_command(self, name: str) -> None:
         self.counters.commands[name] += 1
+        if self.faults.drop_on_command == name:
+            self.faults.drop_on_command = None
+            self.unplug()
+            raise Disconnected(f"{self.name}: unplugged during {name}")
         if name == "stub_started":
             self.counters.stub_uploads += 1
 
@@ -484,8 +503,8 @@ class VirtualBoard:
                     return True
                 reason = self._reset_pending
                 self._reset_pending = None
+                download = self._io0_low(self._en_release_at + EN_RC_DELAY_S)
                 self._en_release_at = None
-                download = self._io0_low()
                 self._force_download = False
             else:
                 reason = None
@@ -604,7 +623,10 @@ class VirtualBoard:
         self.pace(wire)
         session.absorb(wire)
         for frame in self._slip.feed(chunk):
-            session.handle_frame(frame)
+            try:
+                session.handle_frame(frame)
+            except Disconnected:
+                return
             with self._lock:
                 if self._session is not session or self._reset_pending:
                     return  # a reset or reboot interrupted the session

@@ -170,6 +170,7 @@ class Cpu:
         self._polls = 0
         self._fault: tuple[int, int] | None = None  # (mcause, mtval)
         self._reset_requested = False
+        self.stop_requested = False  # set by the board (EN low, reset): leave the slice early
         self.instructions = 0
 
     # -- running ---------------------------------------------------------
@@ -228,6 +229,8 @@ class Cpu:
     # -- peripherals -----------------------------------------------------
     def _mmio_read(self, uc: Any, offset: int, size: int, _ud: Any) -> int:
         addr = PERIPH_BASE + offset
+        if self.stop_requested:
+            uc.emu_stop()
         if addr == SYSTIMER + SYSTIMER_OP:
             return SYSTIMER_VALID
         if addr in (SYSTIMER + SYSTIMER_LO, SYSTIMER + SYSTIMER_HI):
@@ -260,6 +263,8 @@ class Cpu:
 
     def _mmio_write(self, uc: Any, offset: int, size: int, value: int, _ud: Any) -> None:
         addr = PERIPH_BASE + offset
+        if self.stop_requested:
+            uc.emu_stop()
         self._polls = 0
         if addr == UART0 + UART_FIFO or addr == USB_JTAG + USB_EP1:
             self.host.uart_tx(value & 0xFF)

@@ -1,0 +1,271 @@
+"""The deploy ladder against virtual boards: every rung, every way trust is
+lost, recovery from an interrupted write, and refusing unvalidated input."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from fbuild_watch.build import detect_backend, run_build
+from fbuild_watch.deploy import BoardConnection, BoardDeployer, FlashCache, describe
+from fbuild_watch.image.layout import ValidatedLayout
+from fbuild_watch.sim.board import VirtualBoard
+from fbuild_watch.sim.regs import ChipIdentity
+from tests.examplekit import copy_example
+from tests.simkit import new_board
+
+
+@dataclass
+class Builds:
+    v1: ValidatedLayout
+    v2: ValidatedLayout  # one-line edit of v1 (the version string)
+    project: Path
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
+    project = copy_example(tmp_path_factory.mktemp("dep") / "blink-c3")
+    backend = detect_backend(project)
+    r1 = run_build(backend)
+    assert r1.ok and r1.layout
+    version = project / "src" / "version.h"
+    version.write_text(version.read_text().replace('"1.0.0"', '"1.0.1"'))
+    r2 = run_build(backend)
+    assert r2.ok and r2.layout
+    version.write_text(version.read_text().replace('"1.0.1"', '"1.0.0"'))
+    return Builds(r1.layout, r2.layout, project)
+
+
+@dataclass
+class Rig:
+    board: VirtualBoard
+    conn: BoardConnection
+    dep: BoardDeployer
+    data: bytearray = field(default_factory=bytearray)
+    marks: list[int] = field(default_factory=list)
+
+    def log_since(self, mark: int) -> str:
+        return bytes(self.data[mark:]).decode(errors="replace")
+
+    def wait_for(self, text: str, since: int, timeout: float = 5) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.log_since(since)
+            if text in out:
+                return out
+            time.sleep(0.01)
+        raise AssertionError(f"{text!r} not in log:\n{self.log_since(since)[-1500:]}")
+
+
+def rig(
+    tmp_path: Path,
+    *,
+    usb_jtag: bool = False,
+    cache: FlashCache | None = None,
+    board: VirtualBoard | None = None,
+) -> Rig:
+    board = board or new_board(usb_jtag=usb_jtag)
+    url = f"sim://{board.name}" + ("?usb=jtag" if usb_jtag else "")
+    data = bytearray()
+    lock = threading.Lock()
+
+    def on_data(d: bytes, _t: float) -> None:
+        with lock:
+            data.extend(d)
+
+    conn = BoardConnection(describe(url), on_data=on_data)
+    conn.open()
+    dep = BoardDeployer(conn, cache=cache or FlashCache(tmp_path / "cache"), baud=460800)
+    return Rig(board, conn, dep, data)
+
+
+def flash_holds(board: VirtualBoard, layout: ValidatedLayout) -> bool:
+    return all(board.flash.read(r.offset, r.size) == r.data for r in layout.layout.regions)
+
+
+def test_every_rung(builds: Builds, tmp_path: Path) -> None:
+    r = rig(tmp_path)
+    # first deploy of the session to an erased board: verify-probe writes everything
+    mark = len(r.data)
+    o = r.dep.deploy(builds.v1)
+    assert o.ok and o.kind == "verify-probe", o.error
+    assert o.regions_written == ["bootloader", "partition-table", "app"]
+    assert flash_holds(r.board, builds.v1)
+    assert o.wire_bytes > 0 and o.resets >= 2 and o.identity == "58:cf:79:a1:b2:c3"
+    assert {"connect", "write", "reset", "first_boot_byte"} <= set(o.phases)
+    # the boot log is captured from its first byte after the reset
+    out = r.wait_for("blink-c3 version 1.0.0", mark)
+    after_reset = (
+        out[out.rindex("waiting for download") :] if "waiting for download" in out else out
+    )
+    assert "ESP-ROM:esp32c3-api1-20210207" in after_reset
+
+    # identical image: no serial traffic, no reset, the app keeps running
+    before = r.board.stats()
+    o = r.dep.deploy(builds.v1)
+    assert o.kind == "trust-skip" and o.wire_bytes == 0 and o.resets == 0
+    assert o.summary() == "skipped: board already runs this image"
+    after = r.board.stats()
+    assert (
+        after["bytes_from_host"] == before["bytes_from_host"]
+        and after["resets"] == before["resets"]
+    )
+
+    # one-line edit: only the sectors that differ
+    mark = len(r.data)
+    o = r.dep.deploy(builds.v2)
+    assert o.kind == "sector-delta", o.error
+    total = sum(-(-x.size // 4096) for x in builds.v2.layout.regions)
+    assert 1 <= o.sectors_written <= 3 < total
+    assert o.regions_written == ["app"]
+    assert flash_holds(r.board, builds.v2)
+    r.wait_for("blink-c3 version 1.0.1", mark)
+
+    # full flash on request
+    o = r.dep.deploy(builds.v2, full=True)
+    assert o.kind == "full" and o.sectors_written == total
+    assert r.dep.deploy(builds.v2).kind == "trust-skip"
+    r.conn.close()
+
+
+def test_verify_probe_on_board_holding_previous_build(builds: Builds, tmp_path: Path) -> None:
+    board = new_board()
+    for reg in builds.v1.layout.regions:
+        board.flash.erase(reg.offset, reg.size)
+        board.flash.program(reg.offset, reg.data)
+    r = rig(tmp_path, board=board)  # new session, empty cache
+    o = r.dep.deploy(builds.v2)
+    assert o.kind == "verify-probe"
+    assert o.regions_skipped == ["bootloader", "partition-table"]
+    assert 1 <= o.sectors_written <= 3
+    assert flash_holds(board, builds.v2)
+    r.conn.close()
+
+
+def test_cached_layout_is_confirmed_then_used_as_diff_base(builds: Builds, tmp_path: Path) -> None:
+    cache = FlashCache(tmp_path / "cache")
+    first = rig(tmp_path, cache=cache)
+    assert first.dep.deploy(builds.v1).ok
+    first.conn.close()
+    # a new session (no trust) on the same board: one MD5 per region confirms the cache
+    second = rig(tmp_path, cache=cache, board=first.board)
+    md5_before = first.board.counters.commands["SPI_FLASH_MD5"]
+    o = second.dep.deploy(builds.v2)
+    assert o.kind == "verify-probe" and o.ok, (o.error, o.log[-5:])
+    assert any("cached last layout confirmed" in line for line in o.log)
+    assert 1 <= o.sectors_written <= 3
+    probes = first.board.counters.commands["SPI_FLASH_MD5"] - md5_before
+    assert probes <= 3 + 2 + o.sectors_written + 1  # regions + cache check + esptool's verifies
+    second.conn.close()
+
+
+def test_unplug_clears_trust(builds: Builds, tmp_path: Path) -> None:
+    r = rig(tmp_path)
+    assert r.dep.deploy(builds.v1).ok
+    r.board.unplug()
+    r.board.replug()  # back before the reader even noticed: the deploy must still see it
+    o = r.dep.deploy(builds.v1)
+    assert o.kind == "verify-probe" and o.sectors_written == 0
+    assert r.dep.trust.trusted is not None  # re-established by the verified probe
+    r.conn.close()
+
+
+def test_swapped_board_with_another_mac(builds: Builds, tmp_path: Path) -> None:
+    r = rig(tmp_path)
+    assert r.dep.deploy(builds.v1).identity == "58:cf:79:a1:b2:c3"
+    r.board.unplug()
+    r.board.set_identity(ChipIdentity(mac=bytes.fromhex("58cf79000002")))
+    r.board.replug()
+    o = r.dep.deploy(builds.v1)
+    assert o.kind == "verify-probe" and o.identity == "58:cf:79:00:00:02"
+    r.conn.close()
+
+
+def test_interrupted_write_reports_failed_and_recovers(builds: Builds, tmp_path: Path) -> None:
+    r = rig(tmp_path)
+    assert r.dep.deploy(builds.v1).ok
+    r.board.faults.drop_on_command = "FLASH_DEFL_DATA"  # unplug in the middle of the write
+    o = r.dep.deploy(builds.v2, full=True)
+    assert o.kind == "failed" and o.error
+    assert o.flash_state is not None and "partially written" in o.flash_state
+    assert r.dep.trust.trusted is None
+    r.board.replug()
+    o = r.dep.deploy(builds.v2)
+    assert o.kind == "verify-probe" and o.ok, o.error
+    assert flash_holds(r.board, builds.v2)
+    r.conn.close()
+
+
+def test_usb_jtag_own_reset_reenumerates_and_keeps_trust(builds: Builds, tmp_path: Path) -> None:
+    r = rig(tmp_path, usb_jtag=True)
+    states: list[str] = []
+    r.conn.on_state = lambda s, _m: states.append(s)
+    mark = len(r.data)
+    o = r.dep.deploy(builds.v1)
+    assert o.ok, o.error
+    # the log resumes after the re-enumeration (what the chip sent while the
+    # USB device was gone is lost, as on hardware)
+    r.wait_for("blink: counter", mark)
+    assert "waiting" in states and states[-1] == "connected"
+    assert len(r.conn.disconnects) >= 1
+    assert r.dep.deploy(builds.v1).kind == "trust-skip"
+    o = r.dep.deploy(builds.v2)
+    assert o.kind == "sector-delta", o.error
+    r.conn.close()
+
+
+def test_unvalidated_or_corrupt_layout_is_never_written(builds: Builds, tmp_path: Path) -> None:
+    r = rig(tmp_path)
+    with pytest.raises(TypeError, match="ValidatedLayout"):
+        r.dep.deploy(builds.v1.layout)  # type: ignore[arg-type]
+    r.conn.close()
+
+    from fbuild_watch.cli import main
+
+    project = copy_example(tmp_path / "corrupt")
+    assert run_build(detect_backend(project)).ok
+    app = project / "build" / "blink-c3.bin"
+    data = bytearray(app.read_bytes())
+    data[100] ^= 0xFF
+    app.write_bytes(data)
+    board = new_board()
+    before = board.stats()["bytes_from_host"]
+    assert main(["deploy", str(project), "--port", f"sim://{board.name}"]) == 1
+    assert board.stats()["bytes_from_host"] == before  # not a byte sent
+
+
+def test_cli_deploy_two_boards_in_parallel(
+    builds: Builds,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import json
+
+    from fbuild_watch.cli import main
+
+    monkeypatch.setenv("FBUILD_CACHE_DIR", str(tmp_path / "cache"))
+    project = copy_example(tmp_path / "two")
+    assert run_build(detect_backend(project)).ok
+    a, b = new_board(), new_board()
+    assert (
+        main(
+            [
+                "deploy",
+                str(project),
+                "--port",
+                f"sim://{a.name}",
+                "--port",
+                f"sim://{b.name}",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    outcomes = json.loads(capsys.readouterr().out)
+    assert [o["kind"] for o in outcomes] == ["verify-probe", "verify-probe"]
+    assert {o["port"] for o in outcomes} == {f"sim://{a.name}", f"sim://{b.name}"}
