@@ -1,10 +1,23 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fwkit import Build, build_firmware
+
+
+@pytest.fixture(autouse=True)
+def _close_boards_after_test() -> Iterator[None]:
+    """Boards a test created stop when it ends: their apps would otherwise
+    keep running and load the machine for every later test."""
+    from fbuild_watch.sim import registry
+
+    before = set(registry._boards)
+    yield
+    for name in set(registry._boards) - before:
+        registry.remove_board(name)
 
 
 @pytest.fixture(scope="session")

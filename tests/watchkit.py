@@ -59,15 +59,16 @@ async def watching(
 
     task = asyncio.ensure_future(consume())
     # the watcher is live once watchfiles has placed its watches: prove it
+    # (polling needs no watches: its first scan is the baseline)
     probe = root / ".fbuild-probe.tmp"  # editor-temp pattern: ignored, but an event
-    for _ in range(200):
+    for _ in range(0 if watcher.opts.force_polling else 200):
         probe.write_text("x")
         try:
             await asyncio.wait_for(_batch_seen(watcher), 0.05)
             break
         except TimeoutError:
             continue
-    probe.unlink()
+    probe.unlink(missing_ok=True)
     try:
         yield h
     finally:

@@ -145,7 +145,11 @@ class SliceResult:
 
 
 _SELF_JUMPS = (b"\x01\xa0", b"\x6f\x00\x00\x00")  # c.j . / jal x0, .
-_POLLS_BEFORE_NAP = 64
+# A firmware busy-waiting on SYSTIMER: after this many timer reads with no
+# other peripheral access, sleep NAP_S of real time (the clock is real time,
+# so delays still end when they should, within about a millisecond).
+_POLLS_BEFORE_NAP = 16
+NAP_S = 0.001
 
 
 class Cpu:
@@ -239,7 +243,7 @@ class Cpu:
                 # A busy-wait on the timer: let real time pass instead of
                 # burning a host core (the firmware sees the same clock).
                 self._polls = 0
-                time.sleep(0.0005)
+                time.sleep(NAP_S)
             if addr == SYSTIMER + SYSTIMER_LO:
                 return self._latched & 0xFFFFFFFF
             return (self._latched >> 32) & 0xFFFFF
