@@ -19,6 +19,7 @@ from fbuild_watch.errors import FbuildError, RuntimeFailure, UsageError
 
 if TYPE_CHECKING:
     from fbuild_watch.image.layout import FlashLayout
+    from fbuild_watch.session import SessionOptions
 
 
 def _layout_from_args(items: list[str], chip: str | None) -> FlashLayout:
@@ -134,6 +135,49 @@ def _deploy(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _session_options(args: argparse.Namespace) -> SessionOptions:
+    from fbuild_watch.session import SessionOptions
+
+    return SessionOptions(
+        project=Path(getattr(args, "project", ".")),
+        ports=args.port or [],
+        baud=args.baud or int(os.environ.get("ESPBAUD", "460800")),
+        monitor_baud=args.monitor_baud,
+        on_busy=getattr(args, "on_busy", "queue"),
+        trust=not getattr(args, "no_trust", False),
+        quiet_ms=getattr(args, "debounce_ms", None),
+        poll=getattr(args, "poll", False),
+        log_file=Path(args.log_file) if args.log_file else None,
+        elf=Path(args.elf) if args.elf else None,
+        fqbn=getattr(args, "fqbn", None),
+        build_on_start=True if getattr(args, "build", False) else None,
+    )
+
+
+def _watch(args: argparse.Namespace) -> int:
+    opts = _session_options(args)
+    if args.plain or args.json or not sys.stdout.isatty():
+        from fbuild_watch.views.lines import run_line_mode
+
+        return run_line_mode(opts, json_mode=args.json, timeout=args.timeout)
+    from fbuild_watch.tui.app import WatchApp
+
+    return WatchApp(opts).run() or 0
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    opts = _session_options(args)
+    if args.plain or args.json or args.until or not sys.stdout.isatty():
+        from fbuild_watch.views.lines import run_line_mode
+
+        return run_line_mode(
+            opts, json_mode=args.json, monitor_only=True, until=args.until, timeout=args.timeout
+        )
+    from fbuild_watch.tui.app import WatchApp
+
+    return WatchApp(opts, monitor_only=True).run() or 0
+
+
 def _sim_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -247,6 +291,66 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--fqbn", help="Arduino board FQBN (Arduino CLI projects)")
     deploy.add_argument("--json", action="store_true", help="print the outcome as JSON")
     deploy.set_defaults(func=_deploy)
+
+    def board_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--port", "-p", action="append", metavar="PORT", help=port_help)
+        p.add_argument("--baud", "-b", type=int, help="flashing baud (default: ESPBAUD or 460800)")
+        p.add_argument(
+            "--monitor-baud", type=int, default=115200, help="the app's console baud (115200)"
+        )
+        p.add_argument("--elf", help="ELF for crash decoding (default: the build's)")
+        p.add_argument(
+            "--log-file", metavar="FILE", help="write every byte the board sends to FILE"
+        )
+        p.add_argument("--plain", action="store_true", help="human lines instead of the TUI")
+        p.add_argument("--json", action="store_true", help="one JSON object per event")
+        p.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds")
+
+    watch = sub.add_parser(
+        "watch",
+        help="watch, build, deploy and monitor in one terminal pane",
+        description=(
+            "Watch the project, rebuild on change, deploy the least flash traffic possible to "
+            "the board(s) and show their serial logs. Keys (TUI) or stdin lines (--plain/--json): "
+            "f full-flash, b rebuild, r reset, a app-flash, p pause, q quit; also t timestamps, "
+            "c clear, l log to file, / filter, and esp-idf-monitor's Ctrl+T Ctrl+F/A/R."
+        ),
+    )
+    watch.add_argument("project", nargs="?", default=".", metavar="PROJECT")
+    board_options(watch)
+    watch.add_argument(
+        "--on-busy",
+        choices=["queue", "restart"],
+        default="queue",
+        help="changes during a build: one more build after it (queue) or restart it",
+    )
+    watch.add_argument("--debounce-ms", type=int, help="quiet period before a build (default 40)")
+    watch.add_argument(
+        "--no-trust",
+        action="store_true",
+        help="never skip or diff on what this session believes the board holds",
+    )
+    watch.add_argument(
+        "--poll", action="store_true", help="poll the tree instead of filesystem events"
+    )
+    watch.add_argument(
+        "--build", action="store_true", help="build at start even if nothing changed"
+    )
+    watch.add_argument("--fqbn", help="Arduino board FQBN (Arduino CLI projects)")
+    watch.set_defaults(func=_watch)
+
+    monitor = sub.add_parser(
+        "monitor",
+        help="the serial monitor alone (decoding, reconnect, log file)",
+        description=(
+            "Show a board's serial output with crash decoding; reconnects when the port comes back."
+        ),
+    )
+    board_options(monitor)
+    monitor.add_argument(
+        "--until", metavar="REGEX", help="exit 0 when a line matches (1 on --timeout)"
+    )
+    monitor.set_defaults(func=_monitor)
 
     sim = sub.add_parser("sim", help="the virtual ESP32-C3 board")
     sim_sub = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")

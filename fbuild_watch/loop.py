@@ -85,11 +85,12 @@ class Loop:
         self._bg_tasks: set[asyncio.Future[None]] = set()
 
     # -- inputs ----------------------------------------------------------------
-    def files_changed(self, paths: set[str]) -> None:
+    def files_changed(self, paths: set[str], *, at: float | None = None) -> None:
+        """`at`: monotonic time of the first file event behind this change."""
         self.generation += 1
         self._pending_changes |= paths
         if self._change_at is None:
-            self._change_at = time.monotonic()
+            self._change_at = at if at is not None else time.monotonic()
         self.emit(
             Event(
                 "files_changed",
@@ -240,6 +241,12 @@ class Loop:
         if cycle is not None:
             cycle.deploy_end = time.monotonic()
             cycle.timings["deploy"] = cycle.deploy_end - t0
+            first_line = getattr(self.deployer, "first_app_line", None)
+            if first_line is not None and cycle.change_at is not None:
+                seen = await first_line()
+                if seen is not None:
+                    cycle.timings["deploy_to_first_log"] = seen - cycle.deploy_end
+                    cycle.timings["save_to_first_log"] = seen - cycle.change_at
 
     async def _worker(self) -> None:
         while not self._quit.is_set():
@@ -268,6 +275,11 @@ class Loop:
                                 "timings_ms": {
                                     k: round(v * 1000, 1) for k, v in cycle.timings.items()
                                 },
+                                "save_to_first_log_ms": (
+                                    round(cycle.timings["save_to_first_log"] * 1000, 1)
+                                    if "save_to_first_log" in cycle.timings
+                                    else None
+                                ),
                             },
                         )
                     )
@@ -283,7 +295,7 @@ class Loop:
     async def _consume_changes(self) -> None:
         assert self.watcher is not None
         async for changes in self.watcher.changes():
-            self.files_changed(changes.paths)
+            self.files_changed(changes.paths, at=changes.first_event_at)
 
     async def run(
         self,

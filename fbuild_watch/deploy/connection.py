@@ -10,6 +10,7 @@ trying, and re-attaches to the same port when it comes back.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,8 @@ import serial
 from fbuild_watch.deploy.ports import PortInfo
 from fbuild_watch.deploy.simport import sim_present
 from fbuild_watch.errors import RuntimeFailure
+
+log = logging.getLogger(__name__)
 
 REOPEN_INTERVAL_S = 0.25
 FAST_REOPEN_S = 0.01  # right after our own reset a USB re-enumeration is expected
@@ -93,9 +96,16 @@ class BoardConnection:
         return self.info.url
 
     # -- lifecycle --------------------------------------------------------------
-    def open(self) -> None:
-        """Open now (raises RuntimeFailure with the reason) and start reading."""
-        self._open_port()
+    def open(self, *, wait: bool = False) -> None:
+        """Open now and start reading. If the port cannot be opened: raise
+        RuntimeFailure with the reason, or with `wait`, keep trying in the
+        background (state "waiting") until the board appears."""
+        try:
+            self._open_port()
+        except RuntimeFailure as exc:
+            if not wait:
+                raise
+            self._set_state("waiting", str(exc))
         self._stop.clear()
         self._thread = threading.Thread(target=self._reader, name=f"reader-{self.url}", daemon=True)
         self._thread.start()
@@ -160,7 +170,10 @@ class BoardConnection:
                 continue
             if data:
                 self.last_data_at = time.monotonic()
-                self.on_data(data, time.time())
+                try:
+                    self.on_data(data, time.time())
+                except Exception:  # a view's bug must not stop the monitor
+                    log.exception("serial data handler failed")
 
     def _lost(self, reason: str) -> None:
         with self._lock:

@@ -24,3 +24,12 @@ def sim_usb_serial(url: str) -> str | None:
     # USB-Serial/JTAG reports the chip MAC as its serial number; a bridge chip
     # has its own serial, independent of the ESP behind it.
     return board.identity.mac.hex(":") if board.usb_jtag else f"SIMBRIDGE-{board.name}"
+
+
+def register_sim() -> None:
+    """Make `sim://` URLs openable in this process, when the sim extra is installed."""
+    try:
+        from fbuild_watch.sim import register
+    except ImportError:  # no unicorn: real ports only
+        return
+    register()

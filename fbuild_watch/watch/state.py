@@ -50,6 +50,7 @@ class ChangeSet:
     changed: set[str] = field(default_factory=set)  # added or content changed
     removed: set[str] = field(default_factory=set)
     touched: set[str] = field(default_factory=set)  # stat changed, bytes did not
+    first_event_at: float | None = None  # monotonic time of the first event behind it
 
     def __bool__(self) -> bool:
         return bool(self.changed or self.removed)

@@ -65,6 +65,7 @@ class Watcher:
         self._paused = False
         self._source_task: asyncio.Task[None] | None = None
         self.last_event_at = 0.0  # monotonic time of the newest event seen
+        self._first_event_at: float | None = None  # of the batch not yet released
 
     # -- control --------------------------------------------------------------
     def stop(self) -> None:
@@ -90,6 +91,8 @@ class Watcher:
         self.stats.batches += 1
         self.stats.events += len(batch)
         self.last_event_at = time.monotonic()
+        if self._first_event_at is None:
+            self._first_event_at = self.last_event_at
         files: list[str] = []
         dirs: list[str] = []
         for change, path in batch:
@@ -205,9 +208,12 @@ class Watcher:
                     cs = await asyncio.to_thread(self.ws.refresh)
                 if cs:
                     self.stats.releases += 1
+                    cs.first_event_at, self._first_event_at = self._first_event_at, None
                     yield cs
-                elif cs.touched:
-                    self.stats.touch_only += 1
+                else:
+                    self._first_event_at = None
+                    if cs.touched:
+                        self.stats.touch_only += 1
         finally:
             self._stop.set()
             if self._source_task is not None:

@@ -1,0 +1,326 @@
+"""A watch session: the loop, the boards (port owner + deployer + monitor)
+and the event stream the views render. No UI here.
+
+Serial lines do not go through the asyncio loop: reader threads hand them to
+`on_serial` in batches (views make that thread-safe: the TUI queues them, the
+line views print under a lock), so a flood never delays keys or builds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fbuild_watch.build.backends import Backend, detect_backend
+from fbuild_watch.decode import CrashDetector
+from fbuild_watch.deploy.connection import BoardConnection
+from fbuild_watch.deploy.engine import BoardDeployer
+from fbuild_watch.deploy.outcome import DeployOutcome
+from fbuild_watch.deploy.ports import PortInfo, resolve_ports
+from fbuild_watch.deploy.simport import register_sim
+from fbuild_watch.deploy.trust import FlashCache, SessionTrust
+from fbuild_watch.events import Event
+from fbuild_watch.image.layout import ValidatedLayout
+from fbuild_watch.loop import Loop
+from fbuild_watch.monitor import LineSplitter, LogFile
+from fbuild_watch.watch import IgnoreRules, Watcher, WatchOptions, WatchSet
+
+# Lines the ROM and the 2nd stage bootloader print: not yet "the new firmware".
+_BOOT_NOISE = re.compile(
+    r"^(ESP-ROM:|Build:|rst:0x|SPIWP:|mode:|clock div|load:0x|entry 0x|waiting for download|"
+    r"[IWE] \(\d+\) (boot|boot\.esp32\w*|esp_image|cpu_start|heap_init|spi_flash|app_init"
+    r"|efuse_init)\b|$)"
+)
+
+
+@dataclass
+class SessionOptions:
+    project: Path
+    ports: list[str] = field(default_factory=list)
+    baud: int = 460800
+    monitor_baud: int = 115200
+    on_busy: str = "queue"
+    trust: bool = True
+    quiet_ms: int | None = None
+    poll: bool = False
+    log_file: Path | None = None
+    elf: Path | None = None
+    fqbn: str | None = None
+    build_on_start: bool | None = None  # None: only when the sources changed
+
+
+class BoardSession:
+    """One board: its connection (the monitor), deployer, splitter, crash decoder."""
+
+    def __init__(self, info: PortInfo, label: str, session: WatchSession) -> None:
+        self.info = info
+        self.label = label
+        self.session = session
+        self.splitter = LineSplitter()
+        self.crash = CrashDetector()
+        self.log_file: LogFile | None = None
+        self.first_line_after: float | None = None  # set at a deploy's reset
+        self.first_app_line_at: float | None = None
+        self.last_outcome: DeployOutcome | None = None
+        self.conn = BoardConnection(
+            info, baud=session.opts.monitor_baud, on_data=self._on_data, on_state=self._on_state
+        )
+        cache = FlashCache() if session.opts.trust else None
+        self.deployer = BoardDeployer(
+            self.conn,
+            baud=session.opts.baud,
+            trust=SessionTrust(enabled=session.opts.trust),
+            cache=cache,
+        )
+
+    def _on_state(self, state: str, message: str) -> None:
+        self.session.emit_threadsafe(
+            Event(
+                "port_state",
+                {"port": self.info.url, "board": self.label, "state": state, "message": message},
+            )
+        )
+
+    def _on_data(self, data: bytes, t: float) -> None:
+        if self.log_file is not None:
+            self.log_file.write(data)
+        lines = self.splitter.feed(data)
+        if not lines:
+            return
+        now = time.monotonic()
+        if self.first_line_after is not None:
+            for line in lines:
+                if not _BOOT_NOISE.match(line):
+                    self.first_app_line_at = now
+                    self.first_line_after = None
+                    break
+        self.session.on_serial(self.label, self.info.url, t, lines)
+        for line in lines:
+            found = self.crash.feed(line)
+            if found is not None:
+                reason, frames = found
+                self.session.emit_threadsafe(
+                    Event(
+                        "crash",
+                        {
+                            "port": self.info.url,
+                            "board": self.label,
+                            "reason": reason,
+                            "frames": [f.as_dict() for f in frames],
+                            "decoded": [f.describe() for f in frames],
+                        },
+                    )
+                )
+
+
+class MultiDeployer:
+    """The loop's Deployer: one build to every board, in parallel."""
+
+    def __init__(self, session: WatchSession) -> None:
+        self.session = session
+
+    async def deploy(self, layout: ValidatedLayout, *, full: bool, app_only: bool) -> bool:
+        boards = self.session.boards
+        emit = self.session.emit
+        for b in boards:
+            emit(
+                Event(
+                    "deploy_started",
+                    {"port": b.info.url, "board": b.label, "full": full, "app_only": app_only},
+                )
+            )
+
+        def run(b: BoardSession) -> DeployOutcome:
+            b.first_app_line_at = None
+            b.first_line_after = time.monotonic()
+            return b.deployer.deploy(layout, full=full, app_only=app_only)
+
+        outcomes = await asyncio.gather(*(asyncio.to_thread(run, b) for b in boards))
+        ok = True
+        for b, o in zip(boards, outcomes, strict=True):
+            b.last_outcome = o
+            if o.kind == "trust-skip":
+                b.first_line_after = None
+            ok &= o.ok
+            emit(Event("deploy_finished", {"board": b.label, **o.as_dict()}))
+        self.session.update_symbolizer(layout)
+        return ok
+
+    async def first_app_line(self, timeout: float = 5.0) -> float | None:
+        """Monotonic time of the first line of the new firmware (any board)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            times = [b.first_app_line_at for b in self.session.boards if b.first_app_line_at]
+            if times:
+                return min(times)
+            if not any(b.first_line_after for b in self.session.boards):
+                return None
+            await asyncio.sleep(0.005)
+        return None
+
+    async def reset(self) -> None:
+        for b in self.session.boards:
+            try:
+                await asyncio.to_thread(b.deployer.reset)
+                self.session.emit(Event("reset", {"port": b.info.url, "board": b.label}))
+            except Exception as exc:
+                self.session.emit(Event("error", {"message": f"{b.info.url}: reset failed: {exc}"}))
+
+
+class WatchSession:
+    def __init__(
+        self,
+        opts: SessionOptions,
+        emit: Callable[[Event], None],
+        on_serial: Callable[[str, str, float, list[str]], None],
+    ) -> None:
+        self.opts = opts
+        self._emit = emit
+        self.on_serial = on_serial
+        self.loop: Loop | None = None
+        self.boards: list[BoardSession] = []
+        self.backend: Backend | None = None
+        self._aio: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    # -- events ------------------------------------------------------------------
+    def emit(self, ev: Event) -> None:
+        self._emit(ev)
+
+    def emit_threadsafe(self, ev: Event) -> None:
+        aio = self._aio
+        if aio is not None and aio.is_running():
+            aio.call_soon_threadsafe(self._emit, ev)
+        else:
+            self._emit(ev)
+
+    def update_symbolizer(self, layout: ValidatedLayout | None) -> None:
+        """Point crash decoding at the ELF of what the boards now run."""
+        elf = self.opts.elf or (layout.layout.elf if layout else None)
+        if elf is None and self.backend is not None:
+            elf = self.backend.elf_path()
+        for b in self.boards:
+            b.crash.elf = elf
+
+    # -- set-up -----------------------------------------------------------------
+    def setup(self, *, monitor_only: bool = False) -> None:
+        """Everything that can fail with a clear error before the loop starts.
+        `monitor_only`: just the boards (no project, no builds)."""
+        register_sim()
+        if monitor_only:
+            infos = resolve_ports(self.opts.ports or None)
+            labels = _labels([i.url for i in infos])
+            self.boards = [
+                BoardSession(info, label, self) for info, label in zip(infos, labels, strict=True)
+            ]
+            self.set_log_file(self.opts.log_file)
+            self.update_symbolizer(None)
+            return
+        self.backend = backend = detect_backend(self.opts.project, fqbn=self.opts.fqbn)
+        cfg = backend.config
+        ports = self.opts.ports or (list(cfg.port) if cfg and cfg.port else [])
+        infos = resolve_ports(ports or None)
+        if cfg and cfg.baud and self.opts.baud == SessionOptions.baud:
+            self.opts.baud = cfg.baud
+        labels = _labels([i.url for i in infos])
+        self.boards = [
+            BoardSession(info, label, self) for info, label in zip(infos, labels, strict=True)
+        ]
+        self.set_log_file(self.opts.log_file)
+        watch_paths = list(cfg.watch_paths) if cfg and cfg.watch_paths else None
+        ignore = IgnoreRules(
+            backend.project_dir,
+            output_dirs=backend.output_dirs(),
+            patterns=list(cfg.watch_ignore) if cfg else None,
+        )
+        ws = WatchSet(backend.project_dir, ignore, paths=watch_paths)
+        quiet = self.opts.quiet_ms or (
+            cfg.debounce_ms if cfg and cfg.debounce_ms is not None else 40
+        )
+        watcher = Watcher(
+            ws,
+            WatchOptions(quiet_ms=quiet, force_polling=self.opts.poll),
+            on_note=lambda m: self.emit_threadsafe(Event("note", {"message": m})),
+        )
+        self.loop = Loop(
+            backend, ws, watcher, self.emit, deployer=MultiDeployer(self), on_busy=self.opts.on_busy
+        )
+        self.update_symbolizer(None)
+
+    def set_log_file(self, path: Path | None) -> None:
+        for b in self.boards:
+            if b.log_file is not None:
+                b.log_file.close()
+                b.log_file = None
+        if path is not None:
+            for b in self.boards:
+                b.log_file = LogFile(
+                    path
+                    if len(self.boards) == 1
+                    else path.with_name(f"{path.stem}-{b.label}{path.suffix}")
+                )
+
+    # -- running -----------------------------------------------------------------
+    async def run(self) -> None:
+        assert self.loop is not None
+        self._aio = asyncio.get_running_loop()
+        for b in self.boards:
+            b.conn.open(wait=True)  # a missing board may come later: keep watching and building
+        self.emit(
+            Event(
+                "session_started",
+                {
+                    "project": str(self.opts.project),
+                    "boards": [{"board": b.label, "port": b.info.url} for b in self.boards],
+                },
+            )
+        )
+        try:
+            await self.loop.run(startup_build=self.opts.build_on_start)
+        finally:
+            self.close()
+
+    def command(self, name: str) -> None:
+        if self.loop is not None:
+            self.loop.command(name)
+
+    def stop(self) -> None:
+        if self.loop is not None:
+            self.loop.stop()
+
+    def close(self) -> None:
+        for b in self.boards:
+            with contextlib.suppress(Exception):
+                b.conn.close()
+            if b.log_file is not None:
+                b.log_file.close()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.loop.state if self.loop else "starting",
+            "boards": [
+                {
+                    "board": b.label,
+                    "port": b.info.url,
+                    "state": b.conn.state,
+                    "outcome": b.last_outcome.summary() if b.last_outcome else None,
+                }
+                for b in self.boards
+            ],
+        }
+
+
+def _labels(urls: list[str]) -> list[str]:
+    """Short board names for tabs and line prefixes."""
+    out = []
+    for u in urls:
+        name = u.split("://", 1)[-1].split("?", 1)[0].rstrip("/")
+        out.append(name.rsplit("/", 1)[-1] or u)
+    return out

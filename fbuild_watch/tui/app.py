@@ -1,0 +1,285 @@
+"""`fbuild watch` in a terminal pane: status line, build pane, one serial
+log tab per board (the monitor), keys for the loop's commands."""
+
+from __future__ import annotations
+
+import collections
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import events
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import Footer, Input, Log, TabbedContent, TabPane
+
+from fbuild_watch.events import Event
+from fbuild_watch.session import SessionOptions, WatchSession
+from fbuild_watch.tui.filters import compile_filter
+from fbuild_watch.tui.widgets import SerialLog, StatusLine
+from fbuild_watch.views.lines import human
+
+MAX_PANE_LINES = 20_000
+FLUSH_HZ = 30
+
+
+class WatchApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "fbuild watch"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("f", "command('full-flash')", "full flash", priority=True),
+        Binding("b", "command('rebuild')", "rebuild", priority=True),
+        Binding("r", "command('reset')", "reset", priority=True),
+        Binding("a", "command('app-flash')", "app flash", priority=True),
+        Binding("p", "command('pause')", "pause", priority=True),
+        Binding("t", "toggle_timestamps", "times", priority=True),
+        Binding("c", "clear", "clear", priority=True),
+        Binding("l", "toggle_log_file", "log file", priority=True),
+        Binding("slash", "filter", "filter", priority=True),
+        Binding("q", "quit", "quit", priority=True),
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
+        Binding("ctrl+t", "chord", "Ctrl+T chords", show=False, priority=True),
+    ]
+    # esp-idf-monitor habits: Ctrl+T then Ctrl+F / Ctrl+A / Ctrl+R
+    CHORDS: ClassVar[dict[str, str]] = {
+        "ctrl+f": "full-flash",
+        "ctrl+a": "app-flash",
+        "ctrl+r": "reset",
+    }
+
+    def __init__(self, opts: SessionOptions, *, monitor_only: bool = False) -> None:
+        super().__init__()
+        self.opts = opts
+        self.session = WatchSession(opts, self._on_event, self._on_serial)
+        self.session.setup(monitor_only=monitor_only)  # errors surface before the screen opens
+        self.monitor_only = monitor_only
+        self._pending: collections.deque[tuple[str, float, list[str]]] = collections.deque()
+        self._history: dict[str, collections.deque[tuple[float, str]]] = {}
+        self._timestamps = False
+        self._filter: Any = None
+        self._chord_until = 0.0
+        self._log_path: Path | None = opts.log_file
+        self._state = "starting"
+        self._outcomes: dict[str, str] = {}
+        self._timings = ""
+        self.events_seen: list[Event] = []  # for tests
+        self.lines_shown = 0
+
+    # -- layout ------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield StatusLine(id="status")
+        yield Log(id="build", max_lines=2000)
+        with TabbedContent(id="tabs"):
+            for b in self.session.boards:
+                with TabPane(b.label, id=f"tab-{b.label}"):
+                    yield SerialLog(id=f"log-{b.label}", max_lines=MAX_PANE_LINES, auto_scroll=True)
+        hint = "filter: text, /regex/ or tag:level (e.g. wifi:W *:E); Enter applies, Esc closes"
+        yield Input(placeholder=hint, id="filter")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for b in self.session.boards:
+            self._history[b.label] = collections.deque(maxlen=MAX_PANE_LINES)
+        self.set_interval(1 / FLUSH_HZ, self._flush_serial)
+        self._render_status()
+        if self.monitor_only:
+            self.run_worker(self._monitor(), exclusive=True, group="session")
+        else:
+            self.run_worker(self.session.run(), exclusive=True, group="session")
+
+    async def _monitor(self) -> None:
+        for b in self.session.boards:
+            b.conn.open(wait=True)
+
+    # -- data in ---------------------------------------------------------------------
+    def _on_serial(self, board: str, port: str, t: float, lines: list[str]) -> None:
+        # reader thread: append only (deque.append is atomic), the timer renders
+        self._pending.append((board, t, lines))
+
+    def _flush_serial(self) -> None:
+        if not self._pending:
+            return
+        per_board: dict[str, list[str]] = collections.defaultdict(list)
+        while self._pending:
+            board, t, lines = self._pending.popleft()
+            hist = self._history.get(board)
+            for line in lines:
+                if hist is not None:
+                    hist.append((t, line))
+                if self._filter is None or self._filter(line):
+                    per_board[board].append(self._decorate(t, line))
+        for board, lines in per_board.items():
+            log = self._log_widget(board)
+            if log is not None and lines:
+                log.auto_scroll = log.is_vertical_scroll_end  # scrolled back: stay there
+                log.write_lines(lines)
+                self.lines_shown += len(lines)
+
+    def _decorate(self, t: float, line: str) -> str:
+        if self._timestamps:
+            return (
+                time.strftime("%H:%M:%S", time.localtime(t))
+                + f".{int(t * 1000) % 1000:03d} "
+                + line
+            )
+        return line
+
+    def _log_widget(self, board: str) -> SerialLog | None:
+        try:
+            return self.query_one(f"#log-{board}", SerialLog)
+        except Exception:
+            return None
+
+    def _on_event(self, ev: Event) -> None:
+        self.events_seen.append(ev)
+        d = ev.data
+        build = self.query_one("#build", Log)
+        if ev.type == "build_started":
+            self._state = "building"
+            build.clear()
+        elif ev.type == "build_output":
+            build.write_line(d["line"])
+        elif ev.type == "build_finished":
+            self._state = "idle"
+            if d["ok"]:
+                build.remove_class("visible")  # collapsed while green
+            else:
+                build.add_class("visible")
+                build.write_line("")
+                text = human(ev)
+                if text:
+                    build.write_lines(text.splitlines())
+        elif ev.type == "deploy_started":
+            self._state = "deploying"
+            self._outcomes[d["board"]] = "deploying..."
+        elif ev.type == "deploy_finished":
+            self._state = "monitoring"
+            self._outcomes[d["board"]] = d["summary"]
+        elif ev.type == "cycle_finished":
+            ms = d.get("timings_ms", {})
+            self._timings = " ".join(f"{k.replace('_', ' ')} {v:.0f}ms" for k, v in ms.items())
+        elif ev.type == "crash":
+            log = self._log_widget(d["board"])
+            if log is not None:
+                lines = [f"  => {f}" for f in d.get("decoded", [])] or [
+                    "  => (no code addresses decoded)"
+                ]
+                log.write_lines([f"  => crash decoded: {d['reason']}", *lines])
+        elif ev.type == "port_state":
+            self._outcomes[d["board"]] = (
+                "waiting for the board"
+                if d["state"] == "waiting"
+                else self._outcomes.get(d["board"], "")
+            )
+        elif ev.type in ("paused", "resumed"):
+            self._state = "paused" if ev.type == "paused" else "idle"
+        elif ev.type in ("error", "note"):
+            self.notify(d["message"], severity="error" if ev.type == "error" else "information")
+        self._render_status()
+
+    def _render_status(self) -> None:
+        boards = "  ".join(
+            f"[b]{b.label}[/b] {b.info.url} ({b.conn.state}): {self._outcomes.get(b.label, '-')}"
+            for b in self.session.boards
+        )
+        project = self.session.backend.project_dir.name if self.session.backend else "?"
+        extras = []
+        if self._timestamps:
+            extras.append("timestamps")
+        if self._filter is not None:
+            extras.append("filtered")
+        if self._log_path is not None:
+            extras.append(f"logging to {self._log_path}")
+        line2 = self._timings + ("   " + ", ".join(extras) if extras else "")
+        self.query_one("#status", StatusLine).update(
+            f"[b]{project}[/b]  {self._state}   {boards}\n{line2}"
+        )
+
+    # -- keys ------------------------------------------------------------------------
+    def action_command(self, name: str) -> None:
+        self.session.command(name)
+
+    def action_chord(self) -> None:
+        self._chord_until = time.monotonic() + 2.0
+        self.notify("Ctrl+T: then Ctrl+F full flash, Ctrl+A app flash, Ctrl+R reset", timeout=2)
+
+    _TYPING_SAFE = frozenset({"quit", "filter"})
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # letters typed into the filter box are text, not commands
+        return not (isinstance(self.focused, Input) and action not in self._TYPING_SAFE)
+
+    async def on_key(self, event: events.Key) -> None:
+        if event.key == "escape" and isinstance(self.focused, Input):
+            event.stop()
+            self.focused.remove_class("visible")
+            self.set_focus(None)
+            return
+        if event.key in self.CHORDS and time.monotonic() < self._chord_until:
+            self._chord_until = 0.0
+            event.stop()
+            self.session.command(self.CHORDS[event.key])
+
+    def action_toggle_timestamps(self) -> None:
+        self._timestamps = not self._timestamps
+        self._rerender()
+
+    def action_clear(self) -> None:
+        for hist in self._history.values():
+            hist.clear()
+        for b in self.session.boards:
+            log = self._log_widget(b.label)
+            if log is not None:
+                log.clear()
+
+    def action_toggle_log_file(self) -> None:
+        if self._log_path is None:
+            base = (
+                self.session.backend.output_dirs()[0]
+                if self.session.backend and self.session.backend.output_dirs()
+                else Path.cwd()
+            )
+            self._log_path = base / ".fbuild" / "logs" / time.strftime("monitor-%Y%m%d-%H%M%S.log")
+            self.session.set_log_file(self._log_path)
+            self.notify(f"logging every byte to {self._log_path}")
+        else:
+            self.session.set_log_file(None)
+            self.notify(f"log file closed: {self._log_path}")
+            self._log_path = None
+        self._render_status()
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.add_class("visible")
+        box.focus()
+
+    def on_input_submitted(self, message: Input.Submitted) -> None:
+        try:
+            self._filter = compile_filter(message.value)
+        except ValueError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        message.input.remove_class("visible")
+        self.set_focus(None)
+        self._rerender()
+        self._render_status()
+
+    def _rerender(self) -> None:
+        for label, hist in self._history.items():
+            log = self._log_widget(label)
+            if log is None:
+                continue
+            log.clear()
+            lines = [
+                self._decorate(t, ln) for t, ln in hist if self._filter is None or self._filter(ln)
+            ]
+            if lines:
+                log.write_lines(lines)
+
+    async def action_quit(self) -> None:
+        self.session.stop()
+        self.exit(0)
+
+    def on_unmount(self) -> None:
+        self.session.stop()
+        self.session.close()
