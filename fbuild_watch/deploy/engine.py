@@ -79,6 +79,7 @@ class BoardDeployer:
         self.cache = cache
         self.log = log or (lambda _m: None)
         self.identity: str | None = None
+        self._attached: set[str] = set()  # identities whose flash esptool probed this session
 
     # ------------------------------------------------------------------------
     def deploy(
@@ -201,15 +202,23 @@ class BoardDeployer:
             if stub:
                 esp = run_stub(esp)
                 out.stub_used = True
-            attach_flash(esp)
             if self.baud != ROM_BAUD:
-                esp.change_baud(self.baud)
+                esp.change_baud(self.baud)  # first: the set-up commands then go faster too
+            if identity in self._attached:
+                # esptool's full attach probes the flash (XMC start-up fix, size
+                # detection: ~60 register commands); once per session is enough.
+                if not esp.IS_STUB:
+                    esp.flash_spi_attach(0)
+            else:
+                attach_flash(esp)
+                self._attached.add(identity)
             out.phases["stub" if stub else "setup"] = time.monotonic() - t
             t = time.monotonic()
             self.trust.clear("write in progress")
             out.flash_state = "writing"
+            # one esptool call for all runs: it verifies each run's MD5 after writing it
+            write_flash(esp, [(run.offset, run.data) for run in runs], **_WRITE_OPTS)
             for run in runs:
-                write_flash(esp, [(run.offset, run.data)], **_WRITE_OPTS)
                 out.flash_bytes_written += len(run.data)
                 out.sectors_written += run.sectors
                 if run.region not in out.regions_written:
