@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[sim,dev]'
 	@touch $(STAMP)
 
+# The whole loop on the example against the virtual board `demo` (its flash
+# persists in ~/.cache/fbuild-watch/sim/demo.flash). Edit
+# examples/blink-c3/src/version.h while it runs; q quits.
 demo: $(STAMP)
-	$(BIN)/fbuild build examples/blink-c3
-	$(BIN)/fbuild image info examples/blink-c3
+	$(BIN)/fbuild watch examples/blink-c3 --port sim://demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check fbuild_watch tests bench
