@@ -18,6 +18,7 @@ from bench.common import RESULTS, ROOT, machine
 BENCHMARKS = {
     "build": "Build",
     "watch": "Watch set",
+    "deploy": "Deploy",
 }
 
 

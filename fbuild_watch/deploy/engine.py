@@ -28,7 +28,14 @@ from esptool.reset import ClassicReset, HardReset, UnixTightReset, USBJTAGSerial
 from fbuild_watch.deploy.connection import BoardConnection, ExclusiveUse
 from fbuild_watch.deploy.esplog import captured
 from fbuild_watch.deploy.outcome import DeployOutcome
-from fbuild_watch.deploy.plan import BLOCK, SECTOR, Run, estimate_s, sector_runs
+from fbuild_watch.deploy.plan import (
+    BLOCK,
+    SECTOR,
+    Run,
+    compressed_sizes,
+    estimate_s,
+    sector_runs,
+)
 from fbuild_watch.deploy.simport import sim_usb_serial
 from fbuild_watch.deploy.trust import FlashCache, SessionTrust, TrustedImage
 from fbuild_watch.image.layout import APP, Region, ValidatedLayout
@@ -194,8 +201,9 @@ class BoardDeployer:
             runs = self._probe(esp, regions, out, verified_regions)
             out.phases["verify"] = time.monotonic() - t
 
-        stub = bool(runs) and estimate_s(runs, stub=True, baud=self.baud) < estimate_s(
-            runs, stub=False, baud=self.baud
+        sizes = compressed_sizes(runs)
+        stub = bool(runs) and estimate_s(runs, stub=True, baud=self.baud, sizes=sizes) < estimate_s(
+            runs, stub=False, baud=self.baud, sizes=sizes
         )
         if runs:
             t = time.monotonic()
@@ -284,7 +292,15 @@ class BoardDeployer:
         cached = self.cache.load(self.identity) if self.cache and self.identity else {}
         runs: list[Run] = []
         for r in regions:
-            if esp.flash_md5sum(r.offset, r.size) == _md5(r.data):
+            if r.size > BLOCK:
+                # an image starts in its first block: if that is erased, nothing
+                # of it is there and hashing the whole region would be wasted
+                head = esp.flash_md5sum(r.offset, BLOCK)
+                if head == _md5(b"\xff" * BLOCK) and r.data[:BLOCK] != b"\xff" * BLOCK:
+                    runs.append(Run(r.name, r.offset, r.data))
+                    continue
+            device = esp.flash_md5sum(r.offset, r.size)
+            if device == _md5(r.data):
                 confirmed[r.offset] = r.data
                 continue
             base = cached.get(r.offset)
@@ -298,14 +314,23 @@ class BoardDeployer:
                 )
                 runs += sector_runs(r.name, r.offset, r.data, base)
                 continue
-            runs += self._probe_blocks(esp, r)
+            runs += self._probe_blocks(esp, r, device)
         return runs
 
-    def _probe_blocks(self, esp: Any, r: Region) -> list[Run]:
+    def _probe_blocks(self, esp: Any, r: Region, region_md5: str) -> list[Run]:
+        if region_md5 == _md5(b"\xff" * r.size):
+            return [Run(r.name, r.offset, r.data)]  # erased: every sector differs
         runs: list[Run] = []
         for bstart in range(0, r.size, BLOCK):
             block = r.data[bstart : bstart + BLOCK]
-            if esp.flash_md5sum(r.offset + bstart, len(block)) == _md5(block):
+            device = esp.flash_md5sum(r.offset + bstart, len(block))
+            if device == _md5(block):
+                continue
+            if device == _md5(b"\xff" * len(block)):  # erased block: no per-sector probing
+                if runs and runs[-1].offset + len(runs[-1].data) == r.offset + bstart:
+                    runs[-1] = Run(r.name, runs[-1].offset, runs[-1].data + block)
+                else:
+                    runs.append(Run(r.name, r.offset + bstart, block))
                 continue
             for sstart in range(0, len(block), SECTOR):
                 sector = block[sstart : sstart + SECTOR]

@@ -1,0 +1,265 @@
+"""Deploy cost on the ~0.85 MB example image, ours against the peers, on the
+virtual board (every contender gets its own board in the same start state).
+
+Scenarios: (a) identical image, (b) one-line code edit, (c) asset edit,
+(d) first deploy of a session to a board holding the previous build,
+(e) first flash of an erased board.
+
+Peers, all through esptool 5.6's own Python API on the same kind of port:
+* full      esptool write-flash of every file (PlatformIO, idf.py <= 6.0)
+* diff-with esptool write-flash --diff-with the previously flashed files (idf.py 6.1)
+* skip      esptool write-flash --skip-flashed
+* region    device MD5 per region, rewrite differing regions (the seeds' tool)
+
+Each peer connects like esptool does on a USB-UART bridge (reset into the
+bootloader, sync, stub, 460800 baud) and hard-resets at the end. Reported:
+modelled device time (the virtual board's sourced timing: wire, commands,
+erase, program, MD5, boot), host wall time of the same run in instant mode
+(esptool's reset sleeps, Python), wire bytes, flash bytes written, resets.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import serial
+from esptool.cmds import attach_flash, detect_chip, run_stub, write_flash
+from esptool.reset import ClassicReset, HardReset
+
+import fbuild_watch.sim as sim
+from bench.common import ROOT, save
+from fbuild_watch.deploy import BoardConnection, BoardDeployer, FlashCache, SessionTrust, describe
+from fbuild_watch.deploy.connection import CountingPort
+from fbuild_watch.deploy.esplog import captured
+from fbuild_watch.deploy.plan import sector_runs
+from fbuild_watch.image import load_flasher_args
+from fbuild_watch.image.layout import ValidatedLayout
+from fbuild_watch.sim.board import VirtualBoard
+
+BAUD = 460800
+SCENARIOS = {
+    "a": "identical image",
+    "b": "one-line code edit",
+    "c": "asset edit (8 KiB)",
+    "d": "first deploy of a session, board holds the previous build",
+    "e": "first flash of an erased board",
+}
+PEERS = ("full", "diff-with", "skip", "region")
+RESET_AND_SYNC_S = 0.25  # esptool's bootloader entry (0.1 + 0.05 s) + sync + hard reset pulse (0.1 s)
+
+
+def _build(project: Path, **make_vars: str) -> ValidatedLayout:
+    args = ["make", "-s", f"PYTHON={sys.executable}", *(f"{k}={v}" for k, v in make_vars.items())]
+    subprocess.run(args, cwd=project, check=True, stdout=subprocess.DEVNULL)
+    return load_flasher_args(project / "build" / "flasher_args.json").validate()
+
+
+def layouts() -> dict[str, ValidatedLayout]:
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp) / "blink-c3"
+        shutil.copytree(ROOT / "examples" / "blink-c3", project, ignore=shutil.ignore_patterns("build"))
+        v1 = _build(project, ASSET_KB="768")
+        version = project / "src" / "version.h"
+        version.write_text(version.read_text().replace('"1.0.0"', '"1.0.1"'))
+        v2 = _build(project, ASSET_KB="768")
+        version.write_text(version.read_text().replace('"1.0.1"', '"1.0.0"'))
+        v3 = _build(project, ASSET_KB="768", ASSET_PATCH=str(256 * 1024))
+    return {"v1": v1, "v2": v2, "v3": v3}
+
+
+def _preload(board: VirtualBoard, layout: ValidatedLayout | None) -> None:
+    if layout is None:
+        return
+    for r in layout.layout.regions:
+        board.flash.erase(r.offset, r.size)
+        board.flash.program(r.offset, r.data)
+
+
+_n = [0]
+
+
+def _board(base: ValidatedLayout | None) -> VirtualBoard:
+    _n[0] += 1
+    board = sim.add_board(VirtualBoard(f"bench{_n[0]}", timing=sim.INSTANT, record_tx=False))
+    _preload(board, base)
+    return board
+
+
+def _measure(board: VirtualBoard, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    before = board.stats()
+    t0 = time.perf_counter()
+    extra = fn()
+    wall = time.perf_counter() - t0
+    after = board.stats()
+    return {
+        "device_s": round(float(after["modelled_s"]) - float(before["modelled_s"]), 4),  # type: ignore[arg-type]
+        "host_s": round(wall, 4),
+        "wire_bytes": int(after["bytes_from_host"]) + int(after["bytes_to_host"])  # type: ignore[call-overload]
+        - int(before["bytes_from_host"]) - int(before["bytes_to_host"]),  # type: ignore[call-overload]
+        "flash_bytes_written": int(after["bytes_programmed"]) - int(before["bytes_programmed"]),  # type: ignore[call-overload]
+        "sectors_erased": int(after["sectors_erased"]) - int(before["sectors_erased"]),  # type: ignore[call-overload]
+        "resets": int(after["resets"]) - int(before["resets"]),  # type: ignore[call-overload]
+        **extra,
+    }
+
+
+def run_ours(scenario: str, lays: dict[str, ValidatedLayout]) -> dict[str, Any]:
+    v1 = lays["v1"]
+    target = {"a": v1, "b": lays["v2"], "c": lays["v3"], "d": lays["v2"], "e": v1}[scenario]
+    board = _board(None if scenario == "e" else v1)
+    cache = FlashCache(Path(tempfile.mkdtemp()))
+    if scenario == "d":  # the previous session left its verified layout in the cache
+        cache.save(board.identity.mac.hex(":"), {r.offset: r.data for r in v1.layout.regions})
+    conn = BoardConnection(describe(f"sim://{board.name}"))
+    conn.open()
+    dep = BoardDeployer(conn, baud=BAUD, trust=SessionTrust(), cache=cache)
+    if scenario in "abc":  # earlier in this session: a verified deploy of v1
+        assert dep.deploy(v1).ok
+    outcome: dict[str, Any] = {}
+
+    def go() -> dict[str, Any]:
+        o = dep.deploy(target)
+        assert o.ok, o.error
+        outcome.update(kind=o.kind, stub=o.stub_used, sectors_written=o.sectors_written)
+        return {}
+
+    result = _measure(board, go)
+    conn.close()
+    sim.remove_board(board.name)
+    return {**result, **outcome}
+
+
+def _peer_session(board: VirtualBoard, body: Callable[[Any], None]) -> dict[str, Any]:
+    port = CountingPort(serial.serial_for_url(f"sim://{board.name}", baudrate=115200, timeout=0.05))
+
+    def go() -> dict[str, Any]:
+        with captured(lambda _m: None):
+            ClassicReset(port, 0.05)()  # what UnixTightReset does on a real bridge, same timing
+            esp = run_stub(detect_chip(port, 115200, "no-reset"))
+            esp.change_baud(BAUD)
+            attach_flash(esp)
+            body(esp)
+            port.baudrate = 115200
+            HardReset(port._port)()
+        return {}
+
+    result = _measure(board, go)
+    port._port.close()
+    return result
+
+
+def run_peer(peer: str, scenario: str, lays: dict[str, ValidatedLayout]) -> dict[str, Any]:
+    v1 = lays["v1"]
+    target = {"a": v1, "b": lays["v2"], "c": lays["v3"], "d": lays["v2"], "e": v1}[scenario]
+    board = _board(None if scenario == "e" else v1)
+    files = [(r.offset, r.data) for r in target.layout.regions]
+    old = None if scenario == "e" else [v1.layout.region(r.name).data for r in target.layout.regions]  # type: ignore[union-attr]
+
+    def body(esp: Any) -> None:
+        opts: dict[str, Any] = {"flash_mode": "keep", "flash_freq": "keep", "flash_size": "keep"}
+        if peer == "full":
+            write_flash(esp, files, **opts)
+        elif peer == "diff-with":
+            write_flash(esp, files, diff_with=old or [], **opts)
+        elif peer == "skip":
+            write_flash(esp, files, skip_flashed=True, **opts)
+        elif peer == "region":
+            import hashlib
+
+            todo = [(off, data) for off, data in files if esp.flash_md5sum(off, len(data)) != hashlib.md5(data).hexdigest()]
+            if todo:
+                write_flash(esp, todo, **opts)
+
+    result = _peer_session(board, body)
+    sim.remove_board(board.name)
+    return result
+
+
+def floor_s(scenario: str, lays: dict[str, ValidatedLayout]) -> float | None:
+    """Wire time of the bytes that must change plus one reset and sync."""
+    if scenario == "a":
+        return 0.0
+    v1 = lays["v1"]
+    target = {"b": lays["v2"], "c": lays["v3"], "d": lays["v2"], "e": v1}[scenario]
+    base = None if scenario == "e" else v1
+    changed = b"".join(
+        run.data
+        for r in target.layout.regions
+        for run in sector_runs(r.name, r.offset, r.data, base.layout.region(r.name).data if base else None)  # type: ignore[union-attr]
+    )
+    return round(len(zlib.compress(changed, 9)) * 10 / BAUD + RESET_AND_SYNC_S, 4)
+
+
+def main() -> dict[str, Any]:
+    lays = layouts()
+    rows = []
+    for scn in SCENARIOS:
+        row: dict[str, Any] = {"scenario": scn, "description": SCENARIOS[scn], "floor_s": floor_s(scn, lays)}
+        row["ours"] = run_ours(scn, lays)
+        for peer in PEERS:
+            row[peer] = run_peer(peer, scn, lays)
+        total = {k: row[k]["device_s"] + row[k]["host_s"] for k in ("ours", *PEERS)}
+        best = min(PEERS, key=lambda p: total[p])
+        row["best_peer"] = best
+        row["ours_over_best_peer"] = round(total["ours"] / total[best], 3) if total[best] else None
+        row["diff_with_over_ours"] = round(total["diff-with"] / total["ours"], 2) if total["ours"] else None
+        row["ours_over_floor"] = round(total["ours"] / row["floor_s"], 2) if row["floor_s"] else None
+        rows.append(row)
+        print(f"scenario {scn}: ours {total['ours']:.2f} s, best peer {best} {total[best]:.2f} s", flush=True)
+    result = {
+        "description": "deploy of the ~0.85 MB example image on the virtual board (instant timing; "
+        "modelled device time + measured host time)",
+        "image_bytes": lays["v1"].layout.total_size,
+        "baud": BAUD,
+        "goals": "(a) 0 wire bytes, 0 resets; (b)-(d) <= 1.1x floor; >= 3x faster than --diff-with on (a), (b); never slower than the best peer",
+        "rows": rows,
+    }
+    save("deploy", result)
+    return result
+
+
+def render(result: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Deploying the {result['image_bytes'] / 1024:.0f} KiB example image (bootloader, partition table, "
+        f"app with 768 KiB of asset) at {result['baud']} baud, **on the virtual board**: time = modelled "
+        "device time (its sourced timing: wire, command turnaround, erase, program, MD5) + the host time "
+        "of the run (esptool's reset sleeps, Python). Every contender gets its own board in the same "
+        "start state; peers run through esptool 5.6's own Python API.",
+        "",
+        "| scenario | contender | time | wire bytes | flash bytes written | resets | notes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        for who in ("ours", *PEERS):
+            m = row[who]
+            total = m["device_s"] + m["host_s"]
+            note = f"{m['kind']}{', stub' if m.get('stub') else ''}" if who == "ours" else ""
+            label = {"ours": "**fbuild-watch**", "full": "esptool write-flash", "diff-with": "esptool --diff-with",
+                     "skip": "esptool --skip-flashed", "region": "region MD5 + rewrite"}[who]  # fmt: skip
+            lines.append(
+                f"| ({row['scenario']}) {row['description'] if who == 'ours' else ''} | {label} | {total:.2f} s "
+                f"| {m['wire_bytes']:,} | {m['flash_bytes_written']:,} | {m['resets']} | {note} |"
+            )
+    lines += ["", "| scenario | ours / best peer | --diff-with / ours | ours / physical floor | floor |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for row in result["rows"]:
+        lines.append(
+            f"| ({row['scenario']}) | {row['ours_over_best_peer']}x ({row['best_peer']}) "
+            f"| {row['diff_with_over_ours']}x | {row['ours_over_floor'] if row['ours_over_floor'] is not None else '-'}x "
+            f"| {row['floor_s']} s |"
+        )
+    lines += ["", f"Goals: {result['goals']}. The physical floor is the wire time of the changed "
+              "sectors (compressed) plus one reset and sync (0.25 s with esptool's reset timings)."]  # fmt: skip
+    return lines
+
+
+if __name__ == "__main__":
+    main()
