@@ -34,8 +34,8 @@ import serial
 from esptool.cmds import attach_flash, detect_chip, run_stub, write_flash
 from esptool.reset import ClassicReset, HardReset
 
-import fbuild_watch.sim as sim
 from bench.common import ROOT, save
+from fbuild_watch import sim
 from fbuild_watch.deploy import BoardConnection, BoardDeployer, FlashCache, SessionTrust, describe
 from fbuild_watch.deploy.connection import CountingPort
 from fbuild_watch.deploy.esplog import captured
@@ -53,7 +53,9 @@ SCENARIOS = {
     "e": "first flash of an erased board",
 }
 PEERS = ("full", "diff-with", "skip", "region")
-RESET_AND_SYNC_S = 0.25  # esptool's bootloader entry (0.1 + 0.05 s) + sync + hard reset pulse (0.1 s)
+RESET_AND_SYNC_S = (
+    0.25  # esptool's bootloader entry (0.1 + 0.05 s) + sync + hard reset pulse (0.1 s)
+)
 
 
 def _build(project: Path, **make_vars: str) -> ValidatedLayout:
@@ -65,7 +67,9 @@ def _build(project: Path, **make_vars: str) -> ValidatedLayout:
 def layouts() -> dict[str, ValidatedLayout]:
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(tmp) / "blink-c3"
-        shutil.copytree(ROOT / "examples" / "blink-c3", project, ignore=shutil.ignore_patterns("build"))
+        shutil.copytree(
+            ROOT / "examples" / "blink-c3", project, ignore=shutil.ignore_patterns("build")
+        )
         v1 = _build(project, ASSET_KB="768")
         version = project / "src" / "version.h"
         version.write_text(version.read_text().replace('"1.0.0"', '"1.0.1"'))
@@ -102,8 +106,10 @@ def _measure(board: VirtualBoard, fn: Callable[[], dict[str, Any]]) -> dict[str,
     return {
         "device_s": round(float(after["modelled_s"]) - float(before["modelled_s"]), 4),  # type: ignore[arg-type]
         "host_s": round(wall, 4),
-        "wire_bytes": int(after["bytes_from_host"]) + int(after["bytes_to_host"])  # type: ignore[call-overload]
-        - int(before["bytes_from_host"]) - int(before["bytes_to_host"]),  # type: ignore[call-overload]
+        "wire_bytes": int(after["bytes_from_host"])
+        + int(after["bytes_to_host"])  # type: ignore[call-overload]
+        - int(before["bytes_from_host"])
+        - int(before["bytes_to_host"]),  # type: ignore[call-overload]
         "flash_bytes_written": int(after["bytes_programmed"]) - int(before["bytes_programmed"]),  # type: ignore[call-overload]
         "sectors_erased": int(after["sectors_erased"]) - int(before["sectors_erased"]),  # type: ignore[call-overload]
         "resets": int(after["resets"]) - int(before["resets"]),  # type: ignore[call-overload]
@@ -161,7 +167,9 @@ def run_peer(peer: str, scenario: str, lays: dict[str, ValidatedLayout]) -> dict
     target = {"a": v1, "b": lays["v2"], "c": lays["v3"], "d": lays["v2"], "e": v1}[scenario]
     board = _board(None if scenario == "e" else v1)
     files = [(r.offset, r.data) for r in target.layout.regions]
-    old = None if scenario == "e" else [v1.layout.region(r.name).data for r in target.layout.regions]  # type: ignore[union-attr]
+    old = (
+        None if scenario == "e" else [v1.layout.region(r.name).data for r in target.layout.regions]
+    )  # type: ignore[union-attr]
 
     def body(esp: Any) -> None:
         opts: dict[str, Any] = {"flash_mode": "keep", "flash_freq": "keep", "flash_size": "keep"}
@@ -174,7 +182,11 @@ def run_peer(peer: str, scenario: str, lays: dict[str, ValidatedLayout]) -> dict
         elif peer == "region":
             import hashlib
 
-            todo = [(off, data) for off, data in files if esp.flash_md5sum(off, len(data)) != hashlib.md5(data).hexdigest()]
+            todo = [
+                (off, data)
+                for off, data in files
+                if esp.flash_md5sum(off, len(data)) != hashlib.md5(data).hexdigest()
+            ]
             if todo:
                 write_flash(esp, todo, **opts)
 
@@ -193,7 +205,9 @@ def floor_s(scenario: str, lays: dict[str, ValidatedLayout]) -> float | None:
     changed = b"".join(
         run.data
         for r in target.layout.regions
-        for run in sector_runs(r.name, r.offset, r.data, base.layout.region(r.name).data if base else None)  # type: ignore[union-attr]
+        for run in sector_runs(
+            r.name, r.offset, r.data, base.layout.region(r.name).data if base else None
+        )  # type: ignore[union-attr]
     )
     return round(len(zlib.compress(changed, 9)) * 10 / BAUD + RESET_AND_SYNC_S, 4)
 
@@ -201,8 +215,12 @@ def floor_s(scenario: str, lays: dict[str, ValidatedLayout]) -> float | None:
 def main() -> dict[str, Any]:
     lays = layouts()
     rows = []
-    for scn in SCENARIOS:
-        row: dict[str, Any] = {"scenario": scn, "description": SCENARIOS[scn], "floor_s": floor_s(scn, lays)}
+    for scn, description in SCENARIOS.items():
+        row: dict[str, Any] = {
+            "scenario": scn,
+            "description": description,
+            "floor_s": floor_s(scn, lays),
+        }
         row["ours"] = run_ours(scn, lays)
         for peer in PEERS:
             row[peer] = run_peer(peer, scn, lays)
@@ -210,10 +228,17 @@ def main() -> dict[str, Any]:
         best = min(PEERS, key=lambda p: total[p])
         row["best_peer"] = best
         row["ours_over_best_peer"] = round(total["ours"] / total[best], 3) if total[best] else None
-        row["diff_with_over_ours"] = round(total["diff-with"] / total["ours"], 2) if total["ours"] else None
-        row["ours_over_floor"] = round(total["ours"] / row["floor_s"], 2) if row["floor_s"] else None
+        row["diff_with_over_ours"] = (
+            round(total["diff-with"] / total["ours"], 2) if total["ours"] else None
+        )
+        row["ours_over_floor"] = (
+            round(total["ours"] / row["floor_s"], 2) if row["floor_s"] else None
+        )
         rows.append(row)
-        print(f"scenario {scn}: ours {total['ours']:.2f} s, best peer {best} {total[best]:.2f} s", flush=True)
+        print(
+            f"scenario {scn}: ours {total['ours']:.2f} s, best peer {best} {total[best]:.2f} s",
+            flush=True,
+        )
     result = {
         "description": "deploy of the ~0.85 MB example image on the virtual board (instant timing; "
         "modelled device time + measured host time)",
