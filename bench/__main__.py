@@ -19,6 +19,7 @@ BENCHMARKS = {
     "build": "Build",
     "watch": "Watch set",
     "deploy": "Deploy",
+    "loop": "Loop: save to first log line, and the log pane",
 }
 
 

@@ -14,54 +14,58 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 IDF_LINE = re.compile(r"^(?:\x1b\[[0-9;]*m)?([EWIDV]) \((\d+)\) ([^:]+):")
 
 
+_EOL = re.compile(rb"\r\n|\r|\n")
+
+
 class LineSplitter:
     """Bytes -> text lines. CRLF, LF and CR-only line ends; invalid UTF-8
-    becomes U+FFFD; megabyte "lines" are cut every MAX_LINE characters."""
+    becomes U+FFFD; megabyte "lines" are cut every MAX_LINE characters.
+
+    Splitting is done by the regex engine, not a Python loop per byte: at
+    flood rates the reader thread must leave the GIL to the UI.
+    """
 
     def __init__(self) -> None:
-        self._buf = bytearray()
-        self._cr = False  # the last byte seen was a CR (a LF may follow)
+        self._buf = b""
+        self._cr = False  # the previous chunk ended with CR: a LF may follow
         self.partial_since = 0.0
 
     def feed(self, data: bytes) -> list[str]:
+        if self._cr and data[:1] == b"\n":
+            data = data[1:]
+        self._cr = data[-1:] == b"\r"
+        data = self._buf + data
         lines: list[str] = []
-        start = 0
-        buf = self._buf
-        for i, b in enumerate(data):
-            if b == 0x0A:  # LF
-                if self._cr:
-                    self._cr = False
-                    start = i + 1
-                    continue
-                buf += data[start:i]
-                lines.append(self._take())
-                start = i + 1
-            elif b == 0x0D:  # CR: ends a line; swallow a following LF
-                buf += data[start:i]
-                lines.append(self._take())
-                self._cr = True
-                start = i + 1
-            else:
-                self._cr = False
-                if len(buf) + (i - start) >= MAX_LINE:
-                    buf += data[start : i + 1]
-                    lines.append(self._take())
-                    start = i + 1
-        buf += data[start:]
-        if buf and not self.partial_since:
-            self.partial_since = time.monotonic()
+        pos = 0
+        for m in _EOL.finditer(data):
+            self._emit(data[pos : m.start()], lines)
+            pos = m.end()
+        rest = data[pos:]
+        while len(rest) >= MAX_LINE:
+            lines.append(rest[:MAX_LINE].decode("utf-8", "replace"))
+            rest = rest[MAX_LINE:]
+        self._buf = rest
+        if rest:
+            if not self.partial_since:
+                self.partial_since = time.monotonic()
+        else:
+            self.partial_since = 0.0
         return lines
 
-    def _take(self) -> str:
-        text = self._buf.decode("utf-8", "replace")
-        self._buf.clear()
-        self.partial_since = 0.0
-        return text
+    @staticmethod
+    def _emit(raw: bytes, lines: list[str]) -> None:
+        while len(raw) > MAX_LINE:
+            lines.append(raw[:MAX_LINE].decode("utf-8", "replace"))
+            raw = raw[MAX_LINE:]
+        lines.append(raw.decode("utf-8", "replace"))
 
     def flush(self, older_than: float = 0.0) -> str | None:
         """A partial line (a prompt without newline) once it is old enough."""
         if self._buf and time.monotonic() - self.partial_since >= older_than:
-            return self._take()
+            text = self._buf.decode("utf-8", "replace")
+            self._buf = b""
+            self.partial_since = 0.0
+            return text
         return None
 
 

@@ -4,6 +4,7 @@ log tab per board (the monitor), keys for the loop's commands."""
 from __future__ import annotations
 
 import collections
+import gc
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -54,7 +55,9 @@ class WatchApp(App[int]):
         self.session.setup(monitor_only=monitor_only)  # errors surface before the screen opens
         self.monitor_only = monitor_only
         self._pending: collections.deque[tuple[str, float, list[str]]] = collections.deque()
-        self._history: dict[str, collections.deque[tuple[float, str]]] = {}
+        # per board: arrival times and lines, kept apart so that the history
+        # is two deques of untracked floats and strs, not 20k GC-tracked tuples
+        self._history: dict[str, tuple[collections.deque[float], collections.deque[str]]] = {}
         self._timestamps = False
         self._filter: Any = None
         self._chord_until = 0.0
@@ -62,7 +65,8 @@ class WatchApp(App[int]):
         self._state = "starting"
         self._outcomes: dict[str, str] = {}
         self._timings = ""
-        self.events_seen: list[Event] = []  # for tests
+        self.events_seen: list[Event] = []  # for tests and benchmarks
+        self.commands_seen: list[str] = []
         self.lines_shown = 0
 
     # -- layout ------------------------------------------------------------------
@@ -78,8 +82,14 @@ class WatchApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
+        # The start-up objects (Textual, esptool, unicorn, ...) never die:
+        # keep them out of every later GC pass, which would stall keys.
+        gc.freeze()
         for b in self.session.boards:
-            self._history[b.label] = collections.deque(maxlen=MAX_PANE_LINES)
+            self._history[b.label] = (
+                collections.deque(maxlen=MAX_PANE_LINES),
+                collections.deque(maxlen=MAX_PANE_LINES),
+            )
         self.set_interval(1 / FLUSH_HZ, self._flush_serial)
         self._render_status()
         if self.monitor_only:
@@ -100,12 +110,17 @@ class WatchApp(App[int]):
         if not self._pending:
             return
         per_board: dict[str, list[str]] = collections.defaultdict(list)
+        plain = self._filter is None and not self._timestamps
         while self._pending:
             board, t, lines = self._pending.popleft()
             hist = self._history.get(board)
+            if hist is not None:
+                hist[0].extend([t] * len(lines))
+                hist[1].extend(lines)
+            if plain:  # the flood path: no per-line Python work
+                per_board[board].extend(lines)
+                continue
             for line in lines:
-                if hist is not None:
-                    hist.append((t, line))
                 if self._filter is None or self._filter(line):
                     per_board[board].append(self._decorate(t, line))
         for board, lines in per_board.items():
@@ -197,6 +212,7 @@ class WatchApp(App[int]):
 
     # -- keys ------------------------------------------------------------------------
     def action_command(self, name: str) -> None:
+        self.commands_seen.append(name)
         self.session.command(name)
 
     def action_chord(self) -> None:
@@ -225,8 +241,9 @@ class WatchApp(App[int]):
         self._rerender()
 
     def action_clear(self) -> None:
-        for hist in self._history.values():
-            hist.clear()
+        for times, texts in self._history.values():
+            times.clear()
+            texts.clear()
         for b in self.session.boards:
             log = self._log_widget(b.label)
             if log is not None:
@@ -265,13 +282,16 @@ class WatchApp(App[int]):
         self._render_status()
 
     def _rerender(self) -> None:
-        for label, hist in self._history.items():
+        for label, (times, texts) in self._history.items():
             log = self._log_widget(label)
             if log is None:
                 continue
             log.clear()
+            keep = self._filter
             lines = [
-                self._decorate(t, ln) for t, ln in hist if self._filter is None or self._filter(ln)
+                self._decorate(t, ln)
+                for t, ln in zip(times, texts, strict=True)
+                if keep is None or keep(ln)
             ]
             if lines:
                 log.write_lines(lines)
