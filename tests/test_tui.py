@@ -124,3 +124,28 @@ async def test_crash_is_decoded_to_main_c(tmp_path: Path, monkeypatch) -> None: 
         )
         assert "store_sample at src/main.c:" in log_text(app, board.name)
         await pilot.press("q")
+
+
+async def test_scroll_back_keeps_position_and_loses_nothing(tmp_path: Path) -> None:
+    board = new_board()
+    board.unplug()  # quiet: the lines below are the only ones
+    app = WatchApp(
+        SessionOptions(project=tmp_path, ports=[f"sim://{board.name}"]), monitor_only=True
+    )
+    async with app.run_test(size=(100, 30)) as pilot:
+        log = app.query_one(f"#log-{board.name}", SerialLog)
+        app._on_serial(board.name, "sim://x", 0.0, [f"line {i}" for i in range(200)])
+        await wait_until(pilot, lambda: log.line_count >= 200 and log.is_vertical_scroll_end)
+        log.focus()
+        await pilot.press("pageup")
+        await pilot.pause(0.05)
+        held = log.scroll_y
+        assert not log.auto_scroll
+        app._on_serial(board.name, "sim://x", 0.0, [f"more {i}" for i in range(100)])
+        await wait_until(pilot, lambda: log.line_count >= 300)
+        await pilot.pause(0.1)
+        assert log.scroll_y == held  # new lines did not yank the view away
+        await pilot.press("end")
+        await wait_until(pilot, lambda: log.is_vertical_scroll_end and log.auto_scroll)
+        assert log.lines[-1] == "more 99"
+        await pilot.press("q")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import atexit
 import collections
 import enum
+import os
+import sys
 import threading
 import time
 import weakref
@@ -26,6 +28,7 @@ from fbuild_watch.sim.rom_loader import KnownStub, LoaderSession, load_known_stu
 from fbuild_watch.sim.slip import SlipDecoder, encode
 from fbuild_watch.sim.timing import INSTANT, Timing
 
+_TRACE = bool(os.environ.get("FBUILD_SIM_TRACE"))  # line changes to stderr, for debugging
 ROM_BAUD = 115200
 FLASH_SIZE = 4 << 20
 EN_RC_DELAY_S = 0.005  # EN rises through the devkit's RC after the transistor lets go
@@ -264,6 +267,13 @@ class VirtualBoard:
         # latches "download" when it sees DTR without RTS.
         en_low = self._rts and not self._dtr
         now = time.monotonic()
+        if _TRACE:
+            print(
+                f"sim {self.name} {now:.4f} lines dtr={self._dtr} rts={self._rts} en_low={en_low} "
+                f"was={self._en_low} state={self.state.value}",
+                file=sys.stderr,
+                flush=True,
+            )
         self._io0_history.append((now, self._dtr and not self._rts))
         del self._io0_history[:-16]
         if self.usb_jtag and self._dtr and not self._rts:
@@ -539,6 +549,12 @@ class VirtualBoard:
                 self._last_flash_change = 0.0
 
     def _boot(self, reason: str, download: bool) -> None:
+        if _TRACE:
+            print(
+                f"sim {self.name} {time.monotonic():.4f} boot {reason} download={download}",
+                file=sys.stderr,
+                flush=True,
+            )
         self.counters.resets += 1
         self.pace(self.timing.reset_to_rom_s)
         with self._lock:

@@ -126,7 +126,6 @@ class WatchApp(App[int]):
         for board, lines in per_board.items():
             log = self._log_widget(board)
             if log is not None and lines:
-                log.auto_scroll = log.is_vertical_scroll_end  # scrolled back: stay there
                 log.write_lines(lines)
                 self.lines_shown += len(lines)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.cells import cell_len
 from rich.style import Style
 from rich.text import Text
+from textual import events
 from textual.strip import Strip
 from textual.widgets import Log, Static
 
@@ -26,7 +27,50 @@ class SerialLog(Log):
     `Log` stores plain strings and renders only the visible lines, which is
     what keeps a 921,600-baud flood cheap; only the rendering of one line is
     replaced here (pinned to textual 8's `Log`).
+
+    Following the end is the user's choice: scrolling up (wheel, keys) stops
+    it so scroll-back is not yanked away by new lines; End, or scrolling back
+    down to the last line, resumes it. No line is dropped either way.
     """
+
+    def _stop_following(self) -> None:
+        self.auto_scroll = False
+
+    def _resume_if_at_end(self) -> None:
+        if self.scroll_y >= self.max_scroll_y:
+            self.auto_scroll = True
+
+    def _on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        self._stop_following()
+        super()._on_mouse_scroll_up(event)
+
+    def _on_mouse_scroll_down(self, event: events.MouseScrollDown) -> None:
+        super()._on_mouse_scroll_down(event)
+        self.call_after_refresh(self._resume_if_at_end)
+
+    def action_scroll_up(self) -> None:
+        self._stop_following()
+        super().action_scroll_up()
+
+    def action_page_up(self) -> None:
+        self._stop_following()
+        super().action_page_up()
+
+    def action_scroll_home(self) -> None:
+        self._stop_following()
+        super().action_scroll_home()
+
+    def action_scroll_down(self) -> None:
+        super().action_scroll_down()
+        self.call_after_refresh(self._resume_if_at_end)
+
+    def action_page_down(self) -> None:
+        super().action_page_down()
+        self.call_after_refresh(self._resume_if_at_end)
+
+    def action_scroll_end(self) -> None:
+        self.auto_scroll = True
+        super().action_scroll_end()
 
     def _render_line_strip(self, y: int, rich_style: Style) -> Strip:
         raw = self._lines[y].expandtabs()
