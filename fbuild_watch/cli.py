@@ -7,6 +7,7 @@ missing or busy), 2 usage or configuration error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import json
 import os
@@ -387,8 +388,10 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if hasattr(signal, "SIGUSR1") and sys.__stderr__ is not None:
+        # `kill -USR1 <pid>` prints every thread's stack (a hang, in the field)
+        with contextlib.suppress(AttributeError, ValueError, OSError, RuntimeError):
+            faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)

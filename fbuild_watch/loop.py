@@ -294,7 +294,16 @@ class Loop:
 
     async def _consume_changes(self) -> None:
         assert self.watcher is not None
-        async for changes in self.watcher.changes():
+        watcher = self.watcher
+
+        async def first_probe() -> None:
+            await asyncio.sleep(0.2)  # let the source place its watches
+            await watcher.probe()
+
+        probe = asyncio.ensure_future(first_probe())
+        self._bg_tasks.add(probe)
+        probe.add_done_callback(self._bg_tasks.discard)
+        async for changes in watcher.changes():
             self.files_changed(changes.paths, at=changes.first_event_at)
 
     async def run(
@@ -329,7 +338,8 @@ class Loop:
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
-            self.emit(Event("loop_stopped"))
+            stats = vars(self.watcher.stats) if self.watcher is not None else {}
+            self.emit(Event("loop_stopped", {"watcher": dict(stats)}))
 
     def stop(self) -> None:
         self._quit.set()

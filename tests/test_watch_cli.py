@@ -46,13 +46,30 @@ class JsonLines:
             except queue.Empty:
                 raise AssertionError(
                     "expected event not seen; last: "
-                    + json.dumps([e for e in self.seen if e["type"] != "serial_line"][-6:])
+                    + json.dumps(
+                        [
+                            {k: e[k] for k in ("type", "message", "reason", "paths") if k in e}
+                            for e in self.seen
+                            if e["type"] not in ("serial_line", "build_output")
+                        ]
+                    )
                     + " / serial: "
                     + json.dumps([e["text"] for e in self.seen if e["type"] == "serial_line"][-6:])
+                    + " / stderr: "
+                    + self._stderr()
                 ) from None
             self.seen.append(ev)
             if pred(ev):
                 return ev
+
+    def _stderr(self) -> str:
+        import signal
+
+        self.proc.send_signal(signal.SIGUSR1)  # fbuild dumps every thread's stack
+        time.sleep(1.0)
+        self.proc.kill()
+        assert self.proc.stderr is not None
+        return self.proc.stderr.read()[-8000:]
 
     def send(self, command: str) -> None:
         assert self.proc.stdin is not None
@@ -62,7 +79,7 @@ class JsonLines:
 
 def test_json_mode_with_stdin_commands(tmp_path: Path) -> None:
     project = copy_example(tmp_path / "blink-c3")
-    env = {**os.environ, "FBUILD_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "FBUILD_CACHE_DIR": str(tmp_path / "cache"), "FBUILD_WATCH_TRACE": "1"}
     proc = subprocess.Popen(
         [*FBUILD, "watch", str(project), "--port", "sim://j?timing=instant&flash=", "--json"],
         stdin=subprocess.PIPE,

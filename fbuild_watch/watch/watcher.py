@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ import watchfiles
 from fbuild_watch.watch.state import ChangeSet, WatchSet
 
 log = logging.getLogger(__name__)
+_TRACE = bool(os.environ.get("FBUILD_WATCH_TRACE"))
+COOKIE_PREFIX = ".fbuild-cookie-"  # events and releases to stderr, for debugging
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,9 @@ class WatchOptions:
     quiet_ms: int = 40
     max_wait_ms: int = 1000
     idle_rescan_s: float = 180.0  # heals silent misses (kernel queue overflow, watch limit)
+    # prove the event source is alive (Watchman's cookie files) and sweep the
+    # tree's stats for anything it missed, while idle
+    cookie_every_s: float = 5.0
     force_polling: bool = False
     poll_interval_ms: int = 250
 
@@ -44,6 +51,8 @@ class WatchStats:
     healed: int = 0  # changes found by an idle rescan that events missed
     lock_waits: int = 0
     watcher_errors: int = 0
+    cookies: int = 0  # liveness probes that came back
+    restarts: int = 0  # event sources restarted because a probe did not come back
     mode: str = "events"
 
 
@@ -64,6 +73,10 @@ class Watcher:
         self._rescan_needed = False
         self._paused = False
         self._source_task: asyncio.Task[None] | None = None
+        self._cookie_seen = asyncio.Event()
+        self._next_sweep = 0.0
+        self._aio: asyncio.AbstractEventLoop | None = None
+        self._cookie_n = 0
         self.last_event_at = 0.0  # monotonic time of the newest event seen
         self._first_event_at: float | None = None  # of the batch not yet released
 
@@ -85,7 +98,17 @@ class Watcher:
     # -- event source -----------------------------------------------------------
     def _filter(self, change: watchfiles.Change, path: str) -> bool:
         self.stats.raw_events += 1
-        return not self.ws.ignore.ignored_abs(path)
+        if COOKIE_PREFIX in path:  # called on the watcher thread
+            self._loop_call(self._cookie_seen.set)
+            return False
+        keep = not self.ws.ignore.ignored_abs(path)
+        if _TRACE:
+            print(
+                f"watch {time.monotonic():.4f} {change.name} {path} keep={keep}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return keep
 
     def _absorb(self, batch: set[tuple[watchfiles.Change, str]]) -> None:
         self.stats.batches += 1
@@ -109,32 +132,63 @@ class Watcher:
         self._kick.set()
 
     async def _events(self) -> None:
+        """watchfiles' Rust watcher on a thread of its own; batches are handed
+        to the event loop. (Not `awatch`: a dedicated thread keeps the event
+        source independent of the loop's executors and task groups.)"""
         roots = [str(self.ws.root / p) if p else str(self.ws.root) for p in self.ws.paths]
         roots = [r for r in roots if os.path.exists(r)] or [str(self.ws.root)]
-        while not self._stop.is_set():
+        if _TRACE:
+            print(f"watch {time.monotonic():.4f} start {roots}", file=sys.stderr, flush=True)
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        failed: asyncio.Future[BaseException | None] = loop.create_future()
+
+        def finish(exc: BaseException | None) -> None:
+            if not failed.done():
+                failed.set_result(exc)
+
+        def post(fn: Callable[..., object], *args: object) -> bool:
             try:
-                async for batch in watchfiles.awatch(
+                loop.call_soon_threadsafe(fn, *args)
+                return True
+            except RuntimeError:  # the loop is closed: we are shutting down
+                stop.set()
+                return False
+
+        def run() -> None:
+            try:
+                for batch in watchfiles.watch(
                     *roots,
                     watch_filter=self._filter,
                     debounce=max(self.opts.quiet_ms, 50),
                     step=5,
-                    stop_event=self._stop,
+                    stop_event=stop,
                     rust_timeout=1000,
                     yield_on_timeout=False,
                     force_polling=False,
+                    raise_interrupt=False,
                 ):
-                    self._absorb(batch)
+                    if not post(self._absorb, batch):
+                        return
+            except BaseException as exc:  # watcher died (watch limit, fs gone, ...)
+                post(finish, exc)
                 return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # watcher died (watch limit, fs gone, ...)
-                self.stats.watcher_errors += 1
-                self.on_note(f"file watcher error ({exc}); rescanning and falling back to polling")
-                self.stats.mode = "polling"
-                self._rescan_needed = True
-                self._kick.set()
-                await self._poll()
-                return
+            post(finish, None)
+
+        thread = threading.Thread(target=run, name="fbuild-watch", daemon=True)
+        thread.start()
+        try:
+            exc = await failed
+        finally:
+            stop.set()
+        if exc is None or self._stop.is_set():
+            return
+        self.stats.watcher_errors += 1
+        self.on_note(f"file watcher error ({exc}); rescanning and falling back to polling")
+        self.stats.mode = "polling"
+        self._rescan_needed = True
+        self._kick.set()
+        await self._poll()
 
     async def _poll(self) -> None:
         """Polling mode: compare st_mtime_ns + size (never whole seconds)."""
@@ -150,7 +204,13 @@ class Watcher:
                 self.ws.mark(dirty)
                 self._kick.set()
 
+    def _loop_call(self, fn: Callable[[], object]) -> None:
+        if self._aio is not None:
+            with contextlib.suppress(RuntimeError):  # loop closed: shutting down
+                self._aio.call_soon_threadsafe(fn)
+
     def _start_source(self) -> None:
+        self._aio = asyncio.get_running_loop()
         if self._source_task is None:
             coro = self._poll() if self.opts.force_polling else self._events()
             self._source_task = asyncio.ensure_future(coro)
@@ -180,14 +240,58 @@ class Watcher:
             await asyncio.sleep(0.05)
         await self._quiet()
 
+    async def probe(self, timeout: float = 2.0) -> bool:
+        """Write a cookie file in a watched directory and wait for its event
+        (as Watchman does). A watcher that stays deaf is restarted and the
+        tree rescanned, so no change can go unnoticed for long."""
+        if self.stats.mode != "events" or self._source_task is None:
+            return True
+        dirs = [self.ws.root / p if p else self.ws.root for p in self.ws.paths]
+        target = next((d for d in dirs if d.is_dir()), None)
+        if target is None:
+            return True
+        self._cookie_n += 1
+        cookie = target / f"{COOKIE_PREFIX}{os.getpid()}-{self._cookie_n}"
+        self._cookie_seen.clear()
+        try:
+            cookie.write_bytes(b"")
+        except OSError:
+            return True  # read-only tree: nothing to prove with
+        try:
+            await asyncio.wait_for(self._cookie_seen.wait(), timeout)
+            self.stats.cookies += 1
+            return True
+        except TimeoutError:
+            self.stats.restarts += 1
+            self.on_note(
+                "the file watcher did not see its probe file; restarting it and rescanning"
+            )
+            task, self._source_task = self._source_task, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            self._start_source()
+            self.request_rescan()
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                cookie.unlink()
+
     async def changes(self) -> AsyncIterator[ChangeSet]:
         """Yields each real content change set, after the quiet period."""
         self._start_source()
         try:
+            idle_since = time.monotonic()
             while not self._stop.is_set():
+                wait = min(self.opts.idle_rescan_s, self.opts.cookie_every_s)
                 try:
-                    await asyncio.wait_for(self._kick.wait(), self.opts.idle_rescan_s)
+                    await asyncio.wait_for(self._kick.wait(), wait)
                 except TimeoutError:
+                    if time.monotonic() - idle_since < self.opts.idle_rescan_s:
+                        await self.probe()
+                        await self._sweep()
+                        continue
+                    idle_since = time.monotonic()
                     healed = await self._rescan()
                     if healed:
                         self.stats.healed += len(healed.paths)
@@ -198,6 +302,7 @@ class Watcher:
                     continue
                 if self._stop.is_set():
                     break
+                idle_since = time.monotonic()
                 await self._quiet()
                 await self._git_settled()
                 if self._paused:
@@ -206,6 +311,13 @@ class Watcher:
                     cs = await self._rescan()
                 else:
                     cs = await asyncio.to_thread(self.ws.refresh)
+                if _TRACE:
+                    print(
+                        f"watch {time.monotonic():.4f} refresh -> changed={sorted(cs.changed)} "
+                        f"touched={sorted(cs.touched)}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 if cs:
                     self.stats.releases += 1
                     cs.first_event_at, self._first_event_at = self._first_event_at, None
@@ -220,6 +332,25 @@ class Watcher:
                 self._source_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._source_task
+
+    async def _sweep(self) -> None:
+        """Idle safety net between full rescans: compare every watched file's
+        (mtime_ns, size, inode) with the watch set, without hashing. On
+        small trees it runs at every probe; on large ones rarely enough to
+        stay near 1 % of a core."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        t0 = time.monotonic()
+        dirty = await asyncio.to_thread(self.ws.stat_diff)
+        cost = time.monotonic() - t0
+        self._next_sweep = time.monotonic() + max(self.opts.cookie_every_s, 100 * cost)
+        if dirty:
+            self.stats.healed += len(dirty)
+            self.on_note(f"a periodic check found {len(dirty)} change(s) the file events missed")
+            self._first_event_at = self._first_event_at or time.monotonic()
+            self.ws.mark(dirty)
+            self._kick.set()
 
     async def _rescan(self) -> ChangeSet:
         self._rescan_needed = False
