@@ -252,3 +252,33 @@ def test_gitignore_nested(tmp_path: Path) -> None:
     assert "src/gen_a.c" not in ws and "src/main.c" in ws
     subprocess.run(["git", "init", "-q", str(root)], check=True)
     assert ".git/config" not in ws
+
+
+async def test_watcher_error_falls_back_to_polling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import watchfiles
+
+    def broken(*_a: object, **_k: object) -> object:
+        raise OSError("OS file watch limit reached (MaxFilesWatch)")
+
+    monkeypatch.setattr(watchfiles, "watch", broken)
+    root = _tree(tmp_path)
+    notes: list[str] = []
+    from fbuild_watch.watch import Watcher
+
+    ws = WatchSet(root, IgnoreRules(root))
+    ws.scan()
+    watcher = Watcher(ws, WatchOptions(quiet_ms=20, poll_interval_ms=30), on_note=notes.append)
+    gen = watcher.changes()
+    first = asyncio.ensure_future(gen.__anext__())
+    while watcher.stats.mode != "polling":
+        await asyncio.sleep(0.01)
+    (root / "src" / "util.c").write_text("int seen_by_polling;\n")
+    cs = await asyncio.wait_for(first, 10)
+    while "src/util.c" not in cs.changed:
+        cs = await asyncio.wait_for(gen.__anext__(), 10)
+    assert watcher.stats.watcher_errors == 1
+    assert any("falling back to polling" in n for n in notes)
+    watcher.stop()
+    await gen.aclose()
