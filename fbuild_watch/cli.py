@@ -282,12 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     deploy.add_argument("project", nargs="?", default=".", metavar="PROJECT")
-    port_help = (
-        "device, sim://NAME, socket://HOST:PORT or rfc2217://HOST:PORT "
-        "(repeat for several boards; default: ESPPORT or the one ESP found)"
-    )
-    deploy.add_argument("--port", "-p", action="append", metavar="PORT", help=port_help)
-    deploy.add_argument("--baud", "-b", type=int, help="flashing baud (default: ESPBAUD or 460800)")
+
+    def port_options(p: argparse.ArgumentParser) -> None:
+        port_help = (
+            "device, sim://NAME, socket://HOST:PORT or rfc2217://HOST:PORT "
+            "(repeat for several boards; default: ESPPORT or the one ESP found)"
+        )
+        p.add_argument("--port", "-p", action="append", metavar="PORT", help=port_help)
+        p.add_argument("--baud", "-b", type=int, help="flashing baud (default: ESPBAUD or 460800)")
+
+    port_options(deploy)
     deploy.add_argument("--full", action="store_true", help="write every region in full")
     deploy.add_argument("--app-only", action="store_true", help="only the app region(s)")
     deploy.add_argument("--no-trust", action="store_true", help="ignore the cached last layout")
@@ -296,8 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.set_defaults(func=_deploy)
 
     def board_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--port", "-p", action="append", metavar="PORT", help=port_help)
-        p.add_argument("--baud", "-b", type=int, help="flashing baud (default: ESPBAUD or 460800)")
+        port_options(p)
         p.add_argument(
             "--monitor-baud", type=int, default=115200, help="the app's console baud (115200)"
         )
