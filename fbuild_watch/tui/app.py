@@ -128,6 +128,7 @@ class WatchApp(App[int]):
             if log is not None and lines:
                 log.write_lines(lines)
                 self.lines_shown += len(lines)
+                log.follow()
 
     def _decorate(self, t: float, line: str) -> str:
         if self._timestamps:

@@ -33,6 +33,13 @@ class SerialLog(Log):
     down to the last line, resumes it. No line is dropped either way.
     """
 
+    def follow(self) -> None:
+        """Keep the end in view while following. (`Log` itself scrolls only if
+        the view was at the end before a write; a write that lands before the
+        first layout would leave it stuck at the top for good.)"""
+        if self.auto_scroll and not self.is_vertical_scrollbar_grabbed:
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+
     def _stop_following(self) -> None:
         self.auto_scroll = False
 
