@@ -16,7 +16,3 @@ class Event:
 
     def as_dict(self) -> dict[str, Any]:
         return {"type": self.type, "t": round(self.t, 6), **self.data}
-
-
-# Commands a user, editor or script can send (TUI keys and stdin lines).
-COMMANDS = ("full-flash", "rebuild", "reset", "app-flash", "pause", "quit")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from fbuild_watch.build.backends import Backend
 from fbuild_watch.build.runner import BuildResult, BuildRun
@@ -344,6 +344,3 @@ class Loop:
     def stop(self) -> None:
         self._quit.set()
         self._wake.set()
-
-    def info(self) -> dict[str, Any]:
-        return {"state": self.state, "generation": self.generation, "paused": self.paused}

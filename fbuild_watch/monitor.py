@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,7 +27,6 @@ class LineSplitter:
     def __init__(self) -> None:
         self._buf = b""
         self._cr = False  # the previous chunk ended with CR: a LF may follow
-        self.partial_since = 0.0
 
     def feed(self, data: bytes) -> list[str]:
         if self._cr and data[:1] == b"\n":
@@ -45,11 +43,6 @@ class LineSplitter:
             lines.append(rest[:MAX_LINE].decode("utf-8", "replace"))
             rest = rest[MAX_LINE:]
         self._buf = rest
-        if rest:
-            if not self.partial_since:
-                self.partial_since = time.monotonic()
-        else:
-            self.partial_since = 0.0
         return lines
 
     @staticmethod
@@ -58,15 +51,6 @@ class LineSplitter:
             lines.append(raw[:MAX_LINE].decode("utf-8", "replace"))
             raw = raw[MAX_LINE:]
         lines.append(raw.decode("utf-8", "replace"))
-
-    def flush(self, older_than: float = 0.0) -> str | None:
-        """A partial line (a prompt without newline) once it is old enough."""
-        if self._buf and time.monotonic() - self.partial_since >= older_than:
-            text = self._buf.decode("utf-8", "replace")
-            self._buf = b""
-            self.partial_since = 0.0
-            return text
-        return None
 
 
 def strip_ansi(text: str) -> str:

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from fbuild_watch.build.backends import Backend, detect_backend
 from fbuild_watch.decode import CrashDetector
@@ -301,20 +300,6 @@ class WatchSession:
                 b.conn.close()
             if b.log_file is not None:
                 b.log_file.close()
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "state": self.loop.state if self.loop else "starting",
-            "boards": [
-                {
-                    "board": b.label,
-                    "port": b.info.url,
-                    "state": b.conn.state,
-                    "outcome": b.last_outcome.summary() if b.last_outcome else None,
-                }
-                for b in self.boards
-            ],
-        }
 
 
 def _labels(urls: list[str]) -> list[str]:

@@ -40,10 +40,6 @@ class PortInfo:
             return "usb=jtag" in self.url
         return (self.vid, self.pid) == USB_JTAG
 
-    @property
-    def is_url(self) -> bool:
-        return "://" in self.url
-
 
 def describe(url: str) -> PortInfo:
     """USB facts about a port, where the OS has them."""

@@ -426,9 +426,6 @@ class VirtualBoard:
         with self._lock:
             self._uart_baud = baud
 
-    def uart_baud(self) -> int:
-        return self._uart_baud
-
     def count_command(self, name: str) -> None:
         self.counters.commands[name] += 1
         if self.faults.drop_on_command == name:

@@ -125,11 +125,6 @@ def get_board(name: str) -> VirtualBoard | None:
         return _boards.get(name)
 
 
-def present_boards() -> list[VirtualBoard]:
-    with _lock:
-        return [b for b in _boards.values() if b.present]
-
-
 @atexit.register
 def _close_all() -> None:
     with _lock:

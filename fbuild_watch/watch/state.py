@@ -96,10 +96,6 @@ class WatchSet:
     def fingerprint(self) -> str:
         return f"{self._fp:064x}"
 
-    def digest_of(self, relpath: str) -> bytes | None:
-        rec = self._files.get(relpath)
-        return _REC.unpack(rec)[3] if rec else None
-
     # -- scanning ---------------------------------------------------------------
     def _rel(self, abspath: str) -> str | None:
         rel = os.path.relpath(abspath, self.root)
