@@ -17,12 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from platformdirs import user_cache_dir
+
+from fbuild_watch.fsutil import atomic_write
 
 REENUMERATE_WINDOW_S = 5.0
 
@@ -98,7 +99,7 @@ class FlashCache:
         manifest = []
         for off, data in sorted(regions.items()):
             name = f"{off:08x}.bin"
-            _atomic_write(d / name, data)
+            atomic_write(d / name, data)
             manifest.append(
                 {
                     "offset": off,
@@ -107,7 +108,7 @@ class FlashCache:
                     "file": name,
                 }
             )
-        _atomic_write(d / "manifest.json", json.dumps({"version": 1, "regions": manifest}).encode())
+        atomic_write(d / "manifest.json", json.dumps({"version": 1, "regions": manifest}).encode())
 
     def load(self, identity: str) -> dict[int, bytes]:
         d = self._dir(identity)
@@ -126,10 +127,3 @@ class FlashCache:
         d = self._dir(identity)
         with_manifest = d / "manifest.json"
         with_manifest.unlink(missing_ok=True)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    Path(tmp).replace(path)

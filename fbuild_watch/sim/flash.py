@@ -9,10 +9,10 @@ leaves a half-written image.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import threading
 from pathlib import Path
+
+from fbuild_watch.fsutil import atomic_write
 
 SECTOR = 0x1000
 PAGE = 0x100
@@ -85,16 +85,9 @@ class SpiFlash:
                 return
             snapshot = bytes(self.data)
             self.dirty = False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(snapshot)
-                f.flush()
-                os.fsync(f.fileno())
-            Path(tmp).replace(self.path)
+            atomic_write(self.path, snapshot, fsync=True)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
             with self.lock:
                 self.dirty = True
             raise

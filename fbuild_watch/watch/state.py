@@ -15,12 +15,12 @@ import json
 import os
 import stat
 import struct
-import tempfile
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fbuild_watch.fsutil import atomic_write
 from fbuild_watch.watch.ignore import IgnoreRules
 
 # mtime_ns, size, inode, 16-byte digest in one bytes object: ~73 bytes per
@@ -291,11 +291,7 @@ class WatchSet:
             "build_fingerprint": build_fingerprint,
             "files": {rel: rec.hex() for rel, rec in self._files.items()},
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, separators=(",", ":"))
-        Path(tmp).replace(path)
+        atomic_write(path, json.dumps(doc, separators=(",", ":")).encode())
 
     @staticmethod
     def load_state(path: Path) -> tuple[dict[str, bytes], str | None] | None:
