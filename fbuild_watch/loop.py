@@ -83,6 +83,7 @@ class Loop:
         self._quit = asyncio.Event()
         self._build_run: BuildRun | None = None
         self._bg_tasks: set[asyncio.Future[None]] = set()
+        self._saves: set[asyncio.Future[None]] = set()  # state writes in flight
 
     # -- inputs ----------------------------------------------------------------
     def files_changed(self, paths: set[str], *, at: float | None = None) -> None:
@@ -221,11 +222,18 @@ class Loop:
         if result.ok and not stale:
             self.built_generation = gen
             self.last_layout = result.layout
-            with contextlib.suppress(OSError):
-                self.ws.save_state(self.state_file, build_fingerprint=fingerprint)
+            # Off the hot path: on a large tree the state is megabytes of JSON,
+            # and the deploy should not wait for it.
+            save = asyncio.ensure_future(asyncio.to_thread(self._save_state, fingerprint))
+            self._saves.add(save)
+            save.add_done_callback(self._saves.discard)
         elif not result.ok and not result.cancelled and not stale:
             self.built_generation = gen  # a failed build is not retried until something changes
         return result, gen, cycle
+
+    def _save_state(self, build_fingerprint: str) -> None:
+        with contextlib.suppress(OSError):
+            self.ws.save_state(self.state_file, build_fingerprint=build_fingerprint)
 
     async def _deploy(
         self, layout: ValidatedLayout, cycle: Cycle | None, *, full: bool, app_only: bool
@@ -338,6 +346,8 @@ class Loop:
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+            if self._saves:  # the next start relies on the saved state
+                await asyncio.gather(*self._saves, return_exceptions=True)
             stats = vars(self.watcher.stats) if self.watcher is not None else {}
             self.emit(Event("loop_stopped", {"watcher": dict(stats)}))
 

@@ -284,12 +284,16 @@ class WatchSet:
 
     # -- persistence ------------------------------------------------------------
     def save_state(self, path: Path, *, build_fingerprint: str | None = None) -> None:
+        """Safe from any thread: the records are copied under the lock."""
+        with self._lock:
+            files = dict(self._files)
+            fingerprint = self.fingerprint
         doc = {
             "version": 1,
             "root": str(self.root),
-            "fingerprint": self.fingerprint,
+            "fingerprint": fingerprint,
             "build_fingerprint": build_fingerprint,
-            "files": {rel: rec.hex() for rel, rec in self._files.items()},
+            "files": {rel: rec.hex() for rel, rec in files.items()},
         }
         atomic_write(path, json.dumps(doc, separators=(",", ":")).encode())
 
