@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import faulthandler
 import json
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -96,22 +95,18 @@ def _deploy(args: argparse.Namespace) -> int:
 
     from fbuild_watch.build import detect_backend
     from fbuild_watch.deploy import BoardConnection, BoardDeployer, FlashCache, SessionTrust
-    from fbuild_watch.deploy.ports import resolve_ports
-    from fbuild_watch.sim import register
+    from fbuild_watch.deploy.ports import PortInfo, board_ports, flashing_baud
+    from fbuild_watch.deploy.simport import register_sim
 
-    register()
+    register_sim()
     backend = detect_backend(Path(args.project), fqbn=args.fqbn)
     layout = backend.load_layout().validate()  # never flash what was not validated
-    cfg_ports = list(backend.config.port) if backend.config else []
-    infos = resolve_ports(args.port or cfg_ports or None)
-    baud = args.baud or (backend.config.baud if backend.config and backend.config.baud else None)
-    baud = baud or int(os.environ.get("ESPBAUD", "460800"))
+    cfg = backend.config
+    infos = board_ports(args.port, cfg.port if cfg else ())
+    baud = flashing_baud(args.baud, cfg.baud if cfg else None)
     cache = None if args.no_trust else FlashCache()
 
-    def one(info: object) -> dict[str, object]:
-        from fbuild_watch.deploy.ports import PortInfo
-
-        assert isinstance(info, PortInfo)
+    def one(info: PortInfo) -> dict[str, object]:
         conn = BoardConnection(info)
         conn.open()
         try:
@@ -144,7 +139,7 @@ def _session_options(args: argparse.Namespace) -> SessionOptions:
     return SessionOptions(
         project=Path(getattr(args, "project", ".")),
         ports=args.port or [],
-        baud=args.baud or int(os.environ.get("ESPBAUD", "460800")),
+        baud=args.baud,
         monitor_baud=args.monitor_baud,
         on_busy=getattr(args, "on_busy", "queue"),
         trust=not getattr(args, "no_trust", False),
@@ -289,7 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
             "(repeat for several boards; default: ESPPORT or the one ESP found)"
         )
         p.add_argument("--port", "-p", action="append", metavar="PORT", help=port_help)
-        p.add_argument("--baud", "-b", type=int, help="flashing baud (default: ESPBAUD or 460800)")
+        p.add_argument(
+            "--baud",
+            "-b",
+            type=int,
+            help="flashing baud (default: [board] baud, ESPBAUD or 460800)",
+        )
 
     port_options(deploy)
     deploy.add_argument("--full", action="store_true", help="write every region in full")

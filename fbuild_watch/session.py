@@ -22,7 +22,7 @@ from fbuild_watch.decode import CrashDetector
 from fbuild_watch.deploy.connection import BoardConnection
 from fbuild_watch.deploy.engine import BoardDeployer
 from fbuild_watch.deploy.outcome import DeployOutcome
-from fbuild_watch.deploy.ports import PortInfo, resolve_ports
+from fbuild_watch.deploy.ports import DEFAULT_BAUD, PortInfo, board_ports, flashing_baud
 from fbuild_watch.deploy.simport import register_sim
 from fbuild_watch.deploy.trust import FlashCache, SessionTrust
 from fbuild_watch.events import Event
@@ -43,7 +43,7 @@ _BOOT_NOISE = re.compile(
 class SessionOptions:
     project: Path
     ports: list[str] = field(default_factory=list)
-    baud: int = 460800
+    baud: int | None = None  # None: [board] baud, ESPBAUD or 460800
     monitor_baud: int = 115200
     on_busy: str = "queue"
     trust: bool = True
@@ -74,7 +74,7 @@ class BoardSession:
         cache = FlashCache() if session.opts.trust else None
         self.deployer = BoardDeployer(
             self.conn,
-            baud=session.opts.baud,
+            baud=session.opts.baud or DEFAULT_BAUD,
             trust=SessionTrust(enabled=session.opts.trust),
             cache=cache,
         )
@@ -214,7 +214,7 @@ class WatchSession:
         `monitor_only`: just the boards (no project, no builds)."""
         register_sim()
         if monitor_only:
-            infos = resolve_ports(self.opts.ports or None)
+            infos = board_ports(self.opts.ports)
             labels = _labels([i.url for i in infos])
             self.boards = [
                 BoardSession(info, label, self) for info, label in zip(infos, labels, strict=True)
@@ -224,10 +224,8 @@ class WatchSession:
             return
         self.backend = backend = detect_backend(self.opts.project, fqbn=self.opts.fqbn)
         cfg = backend.config
-        ports = self.opts.ports or (list(cfg.port) if cfg and cfg.port else [])
-        infos = resolve_ports(ports or None)
-        if cfg and cfg.baud and self.opts.baud == SessionOptions.baud:
-            self.opts.baud = cfg.baud
+        infos = board_ports(self.opts.ports, cfg.port if cfg else ())
+        self.opts.baud = flashing_baud(self.opts.baud, cfg.baud if cfg else None)
         labels = _labels([i.url for i in infos])
         self.boards = [
             BoardSession(info, label, self) for info, label in zip(infos, labels, strict=True)
