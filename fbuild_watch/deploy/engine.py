@@ -16,6 +16,7 @@ reports `failed` with what is known to be on flash and clears trust.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -68,6 +69,20 @@ def _has_tty(port: Any) -> bool:
 
 def _md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
+
+
+@functools.cache
+def _erased_md5(size: int) -> str:
+    """MD5 of `size` bytes of erased flash (0xFF)."""
+    return _md5(b"\xff" * size)
+
+
+def _add_run(runs: list[Run], run: Run) -> None:
+    """Append, merging with the previous run when the two touch."""
+    if runs and runs[-1].offset + len(runs[-1].data) == run.offset:
+        runs[-1] = Run(run.region, runs[-1].offset, runs[-1].data + run.data)
+    else:
+        runs.append(run)
 
 
 class BoardDeployer:
@@ -296,7 +311,7 @@ class BoardDeployer:
                 # an image starts in its first block: if that is erased, nothing
                 # of it is there and hashing the whole region would be wasted
                 head = esp.flash_md5sum(r.offset, BLOCK)
-                if head == _md5(b"\xff" * BLOCK) and r.data[:BLOCK] != b"\xff" * BLOCK:
+                if head == _erased_md5(BLOCK) and r.data[:BLOCK] != b"\xff" * BLOCK:
                     runs.append(Run(r.name, r.offset, r.data))
                     continue
             device = esp.flash_md5sum(r.offset, r.size)
@@ -318,7 +333,7 @@ class BoardDeployer:
         return runs
 
     def _probe_blocks(self, esp: Any, r: Region, region_md5: str) -> list[Run]:
-        if region_md5 == _md5(b"\xff" * r.size):
+        if region_md5 == _erased_md5(r.size):
             return [Run(r.name, r.offset, r.data)]  # erased: every sector differs
         runs: list[Run] = []
         for bstart in range(0, r.size, BLOCK):
@@ -326,20 +341,14 @@ class BoardDeployer:
             device = esp.flash_md5sum(r.offset + bstart, len(block))
             if device == _md5(block):
                 continue
-            if device == _md5(b"\xff" * len(block)):  # erased block: no per-sector probing
-                if runs and runs[-1].offset + len(runs[-1].data) == r.offset + bstart:
-                    runs[-1] = Run(r.name, runs[-1].offset, runs[-1].data + block)
-                else:
-                    runs.append(Run(r.name, r.offset + bstart, block))
+            if device == _erased_md5(len(block)):  # erased block: no per-sector probing
+                _add_run(runs, Run(r.name, r.offset + bstart, block))
                 continue
             for sstart in range(0, len(block), SECTOR):
                 sector = block[sstart : sstart + SECTOR]
                 addr = r.offset + bstart + sstart
                 if esp.flash_md5sum(addr, len(sector)) != _md5(sector):
-                    if runs and runs[-1].offset + len(runs[-1].data) == addr:
-                        runs[-1] = Run(r.name, runs[-1].offset, runs[-1].data + sector)
-                    else:
-                        runs.append(Run(r.name, addr, sector))
+                    _add_run(runs, Run(r.name, addr, sector))
         return runs
 
     def reset(self) -> None:

@@ -440,9 +440,8 @@ class VirtualBoard:
 
     def boot_from_flash(self) -> None:
         with self._lock:
-            self._reset_pending = "sw_sys"
             self._force_download = False
-            self._en_release_at = time.monotonic() - EN_RC_DELAY_S
+            self._power_on("sw_sys")
 
     # CpuHost --------------------------------------------------------------
     def uart_tx(self, byte: int) -> None:
