@@ -265,11 +265,17 @@ class WatchSession:
                 )
 
     # -- running -----------------------------------------------------------------
-    async def run(self) -> None:
-        assert self.loop is not None
+    def open_boards(self) -> None:
+        """Start every board's monitor, from the event loop that views run on
+        (events from reader threads are handed to it). A missing board may
+        come later: watching and building go on meanwhile."""
         self._aio = asyncio.get_running_loop()
         for b in self.boards:
-            b.conn.open(wait=True)  # a missing board may come later: keep watching and building
+            b.conn.open(wait=True)
+
+    async def run(self) -> None:
+        assert self.loop is not None
+        self.open_boards()
         self.emit(
             Event(
                 "session_started",

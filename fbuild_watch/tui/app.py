@@ -98,8 +98,7 @@ class WatchApp(App[int]):
             self.run_worker(self.session.run(), exclusive=True, group="session")
 
     async def _monitor(self) -> None:
-        for b in self.session.boards:
-            b.conn.open(wait=True)
+        self.session.open_boards()
 
     # -- data in ---------------------------------------------------------------------
     def _on_serial(self, board: str, port: str, t: float, lines: list[str]) -> None:

@@ -183,8 +183,7 @@ class LineMode:
             self._loop.add_signal_handler(signal.SIGTERM, done.set)
         read_commands(self._command)
         if self.monitor_only:
-            for b in self.session.boards:
-                b.conn.open(wait=True)
+            self.session.open_boards()
             try:
                 await asyncio.wait_for(done.wait(), self.timeout)
             except TimeoutError:
