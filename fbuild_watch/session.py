@@ -67,7 +67,6 @@ class BoardSession:
         self.log_file: LogFile | None = None
         self.first_line_after: float | None = None  # set at a deploy's reset
         self.first_app_line_at: float | None = None
-        self.last_outcome: DeployOutcome | None = None
         self.conn = BoardConnection(
             info, baud=session.opts.monitor_baud, on_data=self._on_data, on_state=self._on_state
         )
@@ -144,7 +143,6 @@ class MultiDeployer:
         outcomes = await asyncio.gather(*(asyncio.to_thread(run, b) for b in boards))
         ok = True
         for b, o in zip(boards, outcomes, strict=True):
-            b.last_outcome = o
             if o.kind == "trust-skip":
                 b.first_line_after = None
             ok &= o.ok

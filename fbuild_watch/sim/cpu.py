@@ -175,7 +175,6 @@ class Cpu:
         self._fault: tuple[int, int] | None = None  # (mcause, mtval)
         self._reset_requested = False
         self.stop_requested = False  # set by the board (EN low, reset): leave the slice early
-        self.instructions = 0
 
     # -- running ---------------------------------------------------------
     def run_slice(self, count: int = 200_000) -> SliceResult:
@@ -187,7 +186,6 @@ class Cpu:
             if self._fault is None:
                 self._fault = (2, 0)
         self.pc = self.uc.reg_read(rv.UC_RISCV_REG_PC)
-        self.instructions += count
         if self._reset_requested:
             return SliceResult("reset")
         if self._fault is not None:

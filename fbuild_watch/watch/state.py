@@ -78,7 +78,6 @@ class WatchSet:
         self._dirty_dirs: set[str] = set()
         self._fp = 0
         self._lock = threading.Lock()
-        self.rescans = 0
 
     # -- queries --------------------------------------------------------------
     def __len__(self) -> int:
@@ -179,7 +178,6 @@ class WatchSet:
             self._fp = 0
             for rel, rec in new.items():
                 self._fp ^= _entry_hash(rel, _REC.unpack(rec)[3])
-            self.rescans += 1
         return changes
 
     def _record(self, rel: str, st: os.stat_result, old: bytes | None) -> bytes:

@@ -77,7 +77,6 @@ class Watcher:
         self._next_sweep = 0.0
         self._aio: asyncio.AbstractEventLoop | None = None
         self._cookie_n = 0
-        self.last_event_at = 0.0  # monotonic time of the newest event seen
         self._first_event_at: float | None = None  # of the batch not yet released
 
     # -- control --------------------------------------------------------------
@@ -113,9 +112,7 @@ class Watcher:
     def _absorb(self, batch: set[tuple[watchfiles.Change, str]]) -> None:
         self.stats.batches += 1
         self.stats.events += len(batch)
-        self.last_event_at = time.monotonic()
-        if self._first_event_at is None:
-            self._first_event_at = self.last_event_at
+        self._saw_change()
         files: list[str] = []
         dirs: list[str] = []
         for change, path in batch:
@@ -200,9 +197,15 @@ class Watcher:
                 return
             dirty = await asyncio.to_thread(self.ws.stat_diff)
             if dirty:
-                self.last_event_at = time.monotonic()
+                self._saw_change()
                 self.ws.mark(dirty)
                 self._kick.set()
+
+    def _saw_change(self) -> None:
+        """Stamp the first sign of the pending change (events, a poll or a
+        sweep): the loop measures save -> first log line from it."""
+        if self._first_event_at is None:
+            self._first_event_at = time.monotonic()
 
     def _loop_call(self, fn: Callable[[], object]) -> None:
         if self._aio is not None:
@@ -348,7 +351,7 @@ class Watcher:
         if dirty:
             self.stats.healed += len(dirty)
             self.on_note(f"a periodic check found {len(dirty)} change(s) the file events missed")
-            self._first_event_at = self._first_event_at or time.monotonic()
+            self._saw_change()
             self.ws.mark(dirty)
             self._kick.set()
 
