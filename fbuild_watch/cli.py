@@ -176,6 +176,25 @@ def _monitor(args: argparse.Namespace) -> int:
     return WatchApp(opts, monitor_only=True).run() or 0
 
 
+def _lnk(args: argparse.Namespace) -> int:
+    from fbuild_watch.lnk import commands
+
+    if args.lnk_command == "pull":
+        return commands.pull(Path(args.dir), allow_http=args.allow_http, as_json=args.json)
+    if args.lnk_command == "check":
+        return commands.check(Path(args.dir), as_json=args.json)
+    if args.lnk_command == "ls":
+        return commands.ls(Path(args.dir), as_json=args.json)
+    return commands.add(
+        args.url,
+        args.output,
+        extract=args.extract,
+        allow_http=args.allow_http,
+        force=args.force,
+        as_json=args.json,
+    )
+
+
 def _sim_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -357,6 +376,50 @@ def build_parser() -> argparse.ArgumentParser:
         "--until", metavar="REGEX", help="exit 0 when a line matches (1 on --timeout)"
     )
     monitor.set_defaults(func=_monitor)
+
+    lnk = sub.add_parser(
+        "lnk",
+        help="`.lnk` resource pointers: large assets fetched, verified and cached",
+        description=(
+            'A NAME.lnk file ({"v": 1, "url": ..., "sha256": ..., "size": N, '
+            '"extract": "file"|"zip"|"tar.gz"}) stands in for NAME. Builds fetch the '
+            "blob once into the user cache, verify its SHA-256 and materialize it under the "
+            "resource dir ([lnk] dir, default .fbuild/resources; FBUILD_RESOURCE_DIR in the "
+            "build's environment)."
+        ),
+    )
+    lnk_sub = lnk.add_subparsers(dest="lnk_command", metavar="SUBCOMMAND")
+    http_help = "allow plain http:// to non-loopback hosts"
+    pull = lnk_sub.add_parser(
+        "pull", help="fetch every referenced blob (and materialize it, in a project)"
+    )
+    pull.add_argument("dir", nargs="?", default=".", metavar="DIR")
+    pull.add_argument("--allow-http", action="store_true", help=http_help)
+    pull.add_argument("--json", action="store_true", help="print one JSON object")
+    check = lnk_sub.add_parser(
+        "check",
+        help="re-hash the cached blobs, no network (exit 1 on a missing or corrupt blob)",
+    )
+    check.add_argument("dir", nargs="?", default=".", metavar="DIR")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+    ls = lnk_sub.add_parser("ls", help="list the pointers and their cache state")
+    ls.add_argument("dir", nargs="?", default=".", metavar="DIR")
+    ls.add_argument("--json", action="store_true", help="print one JSON object")
+    add = lnk_sub.add_parser("add", help="download URL once, hash it and write its .lnk")
+    add.add_argument("url", metavar="URL")
+    add.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="the pointer (PATH.lnk, or PATH if it ends in .lnk; default: URL's name + .lnk)",
+    )
+    add.add_argument("--extract", choices=["file", "zip", "tar.gz"], help="default: from the URL")
+    add.add_argument("--allow-http", action="store_true", help=http_help)
+    add.add_argument("--force", action="store_true", help="replace an existing pointer")
+    add.add_argument("--json", action="store_true", help="print one JSON object")
+    for p in (pull, check, ls, add):
+        p.set_defaults(func=_lnk)
+    lnk.set_defaults(func=lambda _a: _usage(lnk))
 
     sim = sub.add_parser("sim", help="the virtual ESP32-C3 board")
     sim_sub = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")

@@ -38,6 +38,9 @@ class ProjectConfig:
     watch_paths: tuple[str, ...] = ()
     watch_ignore: tuple[str, ...] = ()
     debounce_ms: int | None = None
+    lnk_dir: str | None = None
+    lnk_allow_http: bool = False
+    lnk_max_mb: int | None = None
 
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -50,11 +53,18 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     },
     "board": {"chip": str, "port": (str, list), "baud": int},
     "watch": {"paths": list, "ignore": list, "debounce_ms": int},
+    "lnk": {"dir": str, "allow_http": bool, "max_mb": int},
 }
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
-    names = {str: "a string", list: "an array", dict: "a table", int: "an integer"}
+    names = {
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+        int: "an integer",
+        bool: "true or false",
+    }
     if isinstance(t, tuple):
         return " or ".join(names[x] for x in t)
     return names[t]
@@ -89,7 +99,11 @@ def load_config(path: Path) -> ProjectConfig:
             if key not in keys:
                 raise ConfigError(f"unknown key '{key}' in [{section}]", source=path)
             want = keys[key]
-            if isinstance(value, bool) or not isinstance(value, want):
+            if want is bool:
+                bad = not isinstance(value, bool)
+            else:
+                bad = isinstance(value, bool) or not isinstance(value, want)
+            if bad:
                 raise ConfigError(
                     f"[{section}] {key} must be {_type_name(want)}, got {type(value).__name__}",
                     source=path,
@@ -142,6 +156,15 @@ def load_config(path: Path) -> ProjectConfig:
         except ConfigError as exc:
             raise ConfigError(f"[board] chip: {exc.problem}", source=path) from None
 
+    lnk_dir = values.get("lnk.dir")
+    if lnk_dir is not None and (
+        not lnk_dir.strip() or Path(lnk_dir).is_absolute() or ".." in Path(lnk_dir).parts
+    ):
+        raise ConfigError("[lnk] dir must be a path inside the project", source=path)
+    max_mb = values.get("lnk.max_mb")
+    if max_mb is not None and max_mb <= 0:
+        raise ConfigError("[lnk] max_mb must be positive", source=path)
+
     return ProjectConfig(
         path=path,
         command=command,
@@ -156,4 +179,7 @@ def load_config(path: Path) -> ProjectConfig:
         watch_paths=_str_list(values.get("watch.paths", []), "[watch] paths", path),
         watch_ignore=_str_list(values.get("watch.ignore", []), "[watch] ignore", path),
         debounce_ms=debounce,
+        lnk_dir=lnk_dir,
+        lnk_allow_http=values.get("lnk.allow_http", False),
+        lnk_max_mb=max_mb,
     )

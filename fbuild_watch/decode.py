@@ -23,6 +23,10 @@ REG_LINE = re.compile(r"(MEPC|RA|PC)\s*:\s*0x([0-9a-fA-F]{8})")
 XTENSA_BT = re.compile(r"^Backtrace:\s*(.*)$")
 STACK_LINE = re.compile(r"^[0-9a-fA-F]{8}:\s+((?:0x[0-9a-fA-F]{8}\s*)+)$")
 PANIC_END = ("Rebooting...", "ELF file SHA256:")
+# A report that never ends (output cut, board reset by hand) must not collect
+# addresses forever; the ROM banner of the next boot ends it too.
+MAX_REPORT_ADDRS = 512
+BOOT_BANNER = "ESP-ROM:"
 
 
 @dataclass(frozen=True)
@@ -166,11 +170,15 @@ class CrashDetector:
             return self._finish(self._reason or "backtrace", addrs)
         if not self._active:
             return None
+        if BOOT_BANNER in line:
+            self._active = False
+            return self._finish(self._reason, self._addrs)
         for name, val in REG_LINE.findall(line):
             self._addrs.append((int(val, 16), name))
         sm = STACK_LINE.match(line.strip())
         if sm:
             self._addrs += [(int(v, 16), "stack") for v in HEX.findall(sm.group(1))]
+        del self._addrs[MAX_REPORT_ADDRS:]
         if line.strip().startswith(PANIC_END):
             self._active = False
             return self._finish(self._reason, self._addrs)

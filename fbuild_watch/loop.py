@@ -199,7 +199,7 @@ class Loop:
         def on_line(line: str) -> None:
             loop.call_soon_threadsafe(self.emit, Event("build_output", {"line": line}))
 
-        run = BuildRun(self.backend, on_line)
+        run = BuildRun(self.backend, on_line, pointers=self.ws.pointers)
         self._build_run = run
         try:
             result = await asyncio.to_thread(run.run)

@@ -29,6 +29,8 @@ class LineSplitter:
         self._cr = False  # the previous chunk ended with CR: a LF may follow
 
     def feed(self, data: bytes) -> list[str]:
+        if not data:
+            return []  # a read timeout: must not forget a pending CR
         if self._cr and data[:1] == b"\n":
             data = data[1:]
         self._cr = data[-1:] == b"\r"

@@ -29,7 +29,7 @@ from fbuild_watch.events import Event
 from fbuild_watch.image.layout import ValidatedLayout
 from fbuild_watch.loop import Loop
 from fbuild_watch.monitor import LineSplitter, LogFile
-from fbuild_watch.watch import IgnoreRules, Watcher, WatchOptions, WatchSet
+from fbuild_watch.watch import Watcher, WatchOptions, WatchSet
 
 # Lines the ROM and the 2nd stage bootloader print: not yet "the new firmware".
 _BOOT_NOISE = re.compile(
@@ -229,13 +229,7 @@ class WatchSession:
             BoardSession(info, label, self) for info, label in zip(infos, labels, strict=True)
         ]
         self.set_log_file(self.opts.log_file)
-        watch_paths = list(cfg.watch_paths) if cfg and cfg.watch_paths else None
-        ignore = IgnoreRules(
-            backend.project_dir,
-            output_dirs=backend.output_dirs(),
-            patterns=list(cfg.watch_ignore) if cfg else None,
-        )
-        ws = WatchSet(backend.project_dir, ignore, paths=watch_paths)
+        ws = WatchSet(backend.project_dir, backend.ignore_rules(), paths=backend.watch_paths())
         quiet = self.opts.quiet_ms or (
             cfg.debounce_ms if cfg and cfg.debounce_ms is not None else 40
         )

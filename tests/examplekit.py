@@ -9,5 +9,5 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "blink-c3"
 
 
 def copy_example(dst: Path) -> Path:
-    shutil.copytree(EXAMPLE, dst, ignore=shutil.ignore_patterns("build"))
+    shutil.copytree(EXAMPLE, dst, ignore=shutil.ignore_patterns("build", ".fbuild"))
     return dst

@@ -3,78 +3,18 @@ TUI in a real pseudo-terminal whose screen is read back with a VT emulator."""
 
 from __future__ import annotations
 
-import json
 import os
 import pty
-import queue
 import select
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pyte
 
+from tests.clikit import FBUILD, JsonLines
 from tests.examplekit import copy_example
-
-FBUILD = [sys.executable, "-m", "fbuild_watch"]
-
-
-class JsonLines:
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.q: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.q.put(json.loads(line))
-
-    def expect(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 30) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError("expected event not seen; last: " + json.dumps(self.seen[-5:]))
-            try:
-                ev = self.q.get(timeout=remaining)
-            except queue.Empty:
-                raise AssertionError(
-                    "expected event not seen; last: "
-                    + json.dumps(
-                        [
-                            {k: e[k] for k in ("type", "message", "reason", "paths") if k in e}
-                            for e in self.seen
-                            if e["type"] not in ("serial_line", "build_output")
-                        ]
-                    )
-                    + " / serial: "
-                    + json.dumps([e["text"] for e in self.seen if e["type"] == "serial_line"][-6:])
-                    + " / stderr: "
-                    + self._stderr()
-                ) from None
-            self.seen.append(ev)
-            if pred(ev):
-                return ev
-
-    def _stderr(self) -> str:
-        import signal
-
-        self.proc.send_signal(signal.SIGUSR1)  # fbuild dumps every thread's stack
-        time.sleep(1.0)
-        self.proc.kill()
-        assert self.proc.stderr is not None
-        return self.proc.stderr.read()[-8000:]
-
-    def send(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
 
 
 def test_json_mode_with_stdin_commands(tmp_path: Path) -> None:

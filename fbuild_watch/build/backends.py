@@ -16,6 +16,13 @@ from fbuild_watch.config import CONFIG_NAME, ProjectConfig, load_config
 from fbuild_watch.errors import ConfigError
 from fbuild_watch.image.layout import FlashLayout
 from fbuild_watch.image.loaders import load_arduino_dir, load_flasher_args, load_idedata, load_pairs
+from fbuild_watch.lnk.fetch import DEFAULT_MAX_BYTES, FetchPolicy
+from fbuild_watch.lnk.resolve import DEFAULT_RESOURCE_DIR
+from fbuild_watch.watch.ignore import IgnoreRules
+
+
+class NoProjectError(ConfigError):
+    """The directory is not a project of any kind we know."""
 
 
 @dataclass
@@ -50,6 +57,32 @@ class Backend:
 
     def describe(self) -> str:
         return f"{self.kind} project at {self.project_dir}"
+
+    # -- what is watched, and where `.lnk` resources materialize ------------------
+    def resource_dir(self) -> Path:
+        """Materialized `.lnk` blobs; the build gets it as FBUILD_RESOURCE_DIR."""
+        rel = self.config.lnk_dir if self.config and self.config.lnk_dir else DEFAULT_RESOURCE_DIR
+        return self.project_dir / rel
+
+    def fetch_policy(self) -> FetchPolicy:
+        cfg = self.config
+        if cfg is None:
+            return FetchPolicy()
+        limit = cfg.lnk_max_mb << 20 if cfg.lnk_max_mb else DEFAULT_MAX_BYTES
+        return FetchPolicy(allow_http=cfg.lnk_allow_http, max_bytes=limit)
+
+    def watch_paths(self) -> list[str] | None:
+        """Roots of the watch set relative to the project (None: all of it)."""
+        return list(self.config.watch_paths) if self.config and self.config.watch_paths else None
+
+    def ignore_rules(self) -> IgnoreRules:
+        """Build outputs and materialized resources are never watched: a
+        build (or a resolve) must not trigger the next build."""
+        return IgnoreRules(
+            self.project_dir,
+            output_dirs=[*self.output_dirs(), self.resource_dir()],
+            patterns=list(self.config.watch_ignore) if self.config else None,
+        )
 
 
 @dataclass
@@ -250,7 +283,7 @@ def detect_backend(project_dir: Path, *, fqbn: str | None = None) -> Backend:
         return PlatformIOBackend("platformio", d, None, env)
     if any(d.glob("*.ino")) and ((d / "sketch.yaml").exists() or fqbn):
         return ArduinoBackend("arduino", d, None, env, fqbn=fqbn)
-    raise ConfigError(
+    raise NoProjectError(
         "no project found (looked for fbuild.toml, an ESP-IDF CMakeLists.txt, "
         "platformio.ini, or a sketch with sketch.yaml/--fqbn)",
         source=d,

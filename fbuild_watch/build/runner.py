@@ -8,12 +8,12 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from fbuild_watch.build.backends import Backend
 from fbuild_watch.build.diagnostics import Diagnostic, parse_output
-from fbuild_watch.errors import FbuildError
+from fbuild_watch.errors import FbuildError, RuntimeFailure
 from fbuild_watch.image.layout import ValidatedLayout
 
 KILL_GRACE_S = 2.0
@@ -52,9 +52,18 @@ class BuildCancelled(Exception):
 class BuildRun:
     """One build in progress; `cancel()` from any thread kills its group."""
 
-    def __init__(self, backend: Backend, on_line: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        on_line: Callable[[str], None] | None = None,
+        *,
+        pointers: Callable[[], Iterable[str]] | None = None,
+    ) -> None:
+        """`pointers` lists the project's `.lnk` files (the watch loop knows
+        them from its watch set); without it they are found by a walk."""
         self.backend = backend
         self.on_line = on_line
+        self.pointers = pointers
         self._proc: subprocess.Popen[bytes] | None = None
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
@@ -67,7 +76,11 @@ class BuildRun:
             _kill_group(proc)
 
     def _run_command(self, cmd: list[str], output: list[str]) -> int | None:
-        env = {**os.environ, **self.backend.env}
+        env = {
+            **os.environ,
+            **self.backend.env,
+            "FBUILD_RESOURCE_DIR": str(self.backend.resource_dir()),
+        }
         try:
             proc = subprocess.Popen(
                 cmd,
@@ -96,11 +109,42 @@ class BuildRun:
                 self.on_line(line)
         return proc.wait()
 
+    def _resolve_resources(self, output: list[str]) -> None:
+        """Fetch and materialize `.lnk` blobs before the build reads them."""
+        from fbuild_watch.lnk.fetch import Fetcher  # noqa: PLC0415 - httpx only when needed
+        from fbuild_watch.lnk.resolve import Resources, find_pointers  # noqa: PLC0415
+
+        backend = self.backend
+        if self.pointers is not None:
+            rels = list(self.pointers())
+        else:
+            rels = find_pointers(
+                backend.project_dir, backend.ignore_rules(), backend.watch_paths() or [""]
+            )
+
+        def say(line: str) -> None:
+            output.append(line)
+            if self.on_line:
+                self.on_line(line)
+
+        def progress(_rel: str, _done: int, _total: int | None) -> None:
+            if self._cancelled.is_set():
+                raise RuntimeFailure("build cancelled during a download")
+
+        Resources(
+            backend.project_dir,
+            backend.resource_dir(),
+            fetcher=Fetcher(backend.fetch_policy()),
+            on_line=say,
+            progress=progress,
+        ).sync(rels)
+
     def run(self) -> BuildResult:
         t0 = time.monotonic()
         output: list[str] = []
         cmd: list[str] = []
         try:
+            self._resolve_resources(output)
             prep = self.backend.prepare()
             if prep:
                 self._run_command(prep, output)

@@ -12,6 +12,7 @@ from pathspec import GitIgnoreSpec
 VCS_DIRS = frozenset(
     {
         ".git",
+        ".fbuild",  # our own state and materialized resources
         ".hg",
         ".svn",
         ".jj",

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fbuild_watch.fsutil import atomic_write
+from fbuild_watch.lnk.format import LNK_SUFFIX
 from fbuild_watch.watch.ignore import IgnoreRules
 
 # mtime_ns, size, inode, 16-byte digest in one bytes object: ~73 bytes per
@@ -74,6 +75,7 @@ class WatchSet:
         self.paths = [p.strip("/") for p in (paths or [""])] or [""]
         self._files: dict[str, bytes] = {}
         self._links: set[str] = set()  # symlinked files: no events, stat-checked at build time
+        self._pointers: set[str] = set()  # `.lnk` files, resolved before each build
         self._dirty: set[str] = set()
         self._dirty_dirs: set[str] = set()
         self._fp = 0
@@ -90,6 +92,11 @@ class WatchSet:
     def has_pending(self) -> bool:
         """O(1): is anything possibly changed? (symlinks are checked by refresh)"""
         return bool(self._dirty or self._dirty_dirs)
+
+    def pointers(self) -> list[str]:
+        """The `.lnk` resource pointers in the watch set, without a walk."""
+        with self._lock:
+            return sorted(self._pointers)
 
     @property
     def fingerprint(self) -> str:
@@ -175,6 +182,7 @@ class WatchSet:
         with self._lock:
             self._files = new
             self._links = links
+            self._pointers = {rel for rel in new if rel.endswith(LNK_SUFFIX)}
             self._fp = 0
             for rel, rec in new.items():
                 self._fp ^= _entry_hash(rel, _REC.unpack(rec)[3])
@@ -247,6 +255,8 @@ class WatchSet:
             return
         with self._lock:
             self._files[rel] = rec
+            if rel.endswith(LNK_SUFFIX):
+                self._pointers.add(rel)
             new_digest = _REC.unpack(rec)[3]
             if old is not None:
                 old_digest = _REC.unpack(old)[3]
@@ -261,6 +271,7 @@ class WatchSet:
         with self._lock:
             self._files.pop(rel, None)
             self._links.discard(rel)
+            self._pointers.discard(rel)
             self._fp ^= _entry_hash(rel, _REC.unpack(old)[3])
 
     def stat_diff(self) -> list[str]:
