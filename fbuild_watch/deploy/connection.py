@@ -119,8 +119,9 @@ class BoardConnection:
         except (serial.SerialException, OSError, ValueError) as exc:
             text = str(exc)
             if "busy" in text.lower() or "lock" in text.lower():
+                # e.g. another monitor; `fuser PORT` or `lsof PORT` names it
                 raise RuntimeFailure(
-                    f"{self.url}: port busy: held by another program ({text})"
+                    f"{self.url}: port busy: another program has it open"
                 ) from None
             raise RuntimeFailure(f"{self.url}: cannot open port: {text}") from None
         with self._lock:
