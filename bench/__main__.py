@@ -20,6 +20,7 @@ BENCHMARKS = {
     "watch": "Watch set",
     "deploy": "Deploy",
     "loop": "Loop: save to first log line, and the log pane",
+    "soak": "Soak: edits and faults, invariants checked after every step",
 }
 
 

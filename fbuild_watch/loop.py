@@ -84,6 +84,19 @@ class Loop:
         self._build_run: BuildRun | None = None
         self._bg_tasks: set[asyncio.Future[None]] = set()
         self._saves: set[asyncio.Future[None]] = set()  # state writes in flight
+        self._worker_waiting = False
+        self._probe_task: asyncio.Future[None] | None = None
+
+    @property
+    def idle(self) -> bool:
+        """No build, deploy or reset running or requested (quiet points)."""
+        return (
+            self._worker_waiting
+            and not self._wake.is_set()
+            and not self._needs_build()
+            and self._deploy_request is None
+            and not any(not t.done() for t in self._bg_tasks if t is not self._probe_task)
+        )
 
     # -- inputs ----------------------------------------------------------------
     def files_changed(self, paths: set[str], *, at: float | None = None) -> None:
@@ -110,6 +123,13 @@ class Loop:
         elif name == "rebuild":
             self._forced = "rebuild"
             self._wake.set()
+        elif name == "redeploy":
+            # a board that missed the last deploy is back; boards that hold it
+            # already trust-skip, so this costs them nothing
+            if self._deploy_request is None and self.last_layout is not None:
+                self.emit(Event("note", {"message": "a board is back: deploying the last build"}))
+                self._deploy_request = {"full": False, "app_only": False}
+                self._wake.set()
         elif name in ("full-flash", "app-flash"):
             self._deploy_request = {"full": name == "full-flash", "app_only": name == "app-flash"}
             self._wake.set()
@@ -258,7 +278,9 @@ class Loop:
 
     async def _worker(self) -> None:
         while not self._quit.is_set():
+            self._worker_waiting = True
             await self._wake.wait()
+            self._worker_waiting = False
             self._wake.clear()
             while not self._quit.is_set():
                 if self._needs_build() and not self.paused:
@@ -308,7 +330,7 @@ class Loop:
             await asyncio.sleep(0.2)  # let the source place its watches
             await watcher.probe()
 
-        probe = asyncio.ensure_future(first_probe())
+        probe = self._probe_task = asyncio.ensure_future(first_probe())
         self._bg_tasks.add(probe)
         probe.add_done_callback(self._bg_tasks.discard)
         async for changes in watcher.changes():

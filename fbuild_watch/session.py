@@ -67,6 +67,9 @@ class BoardSession:
         self.log_file: LogFile | None = None
         self.first_line_after: float | None = None  # set at a deploy's reset
         self.first_app_line_at: float | None = None
+        # The last deploy did not complete (failed, or the board was away):
+        # when the port comes back, the last good build is deployed again.
+        self.needs_deploy = False
         self.conn = BoardConnection(
             info, baud=session.opts.monitor_baud, on_data=self._on_data, on_state=self._on_state
         )
@@ -85,6 +88,8 @@ class BoardSession:
                 {"port": self.info.url, "board": self.label, "state": state, "message": message},
             )
         )
+        if state == "connected" and self.needs_deploy:
+            self.session.command_threadsafe("redeploy")
 
     def _on_data(self, data: bytes, t: float) -> None:
         if self.log_file is not None:
@@ -143,9 +148,10 @@ class MultiDeployer:
         outcomes = await asyncio.gather(*(asyncio.to_thread(run, b) for b in boards))
         ok = True
         for b, o in zip(boards, outcomes, strict=True):
-            if o.kind == "trust-skip":
-                b.first_line_after = None
+            if o.kind == "trust-skip" or not o.ok:
+                b.first_line_after = None  # no new firmware is going to print
             ok &= o.ok
+            b.needs_deploy = not o.ok
             emit(Event("deploy_finished", {"board": b.label, **o.as_dict()}))
         self.session.update_symbolizer(layout)
         return ok
@@ -285,6 +291,11 @@ class WatchSession:
     def command(self, name: str) -> None:
         if self.loop is not None:
             self.loop.command(name)
+
+    def command_threadsafe(self, name: str) -> None:
+        aio = self._aio
+        if aio is not None and aio.is_running():
+            aio.call_soon_threadsafe(self.command, name)
 
     def stop(self) -> None:
         if self.loop is not None:

@@ -118,11 +118,7 @@ class BoardDeployer:
         ]
         if full:
             self.trust.clear("full flash requested")
-        trusted = self.trust.check(
-            connected=self.conn.check_alive(),
-            disconnects=self.conn.disconnects,
-            usb_serial=_usb_serial(self.conn),
-        )
+        trusted = self.effective_trust()
         if trusted is not None and all(trusted.regions.get(r.offset) == r.data for r in regions):
             out.kind = "trust-skip"
             out.identity = trusted.identity
@@ -138,6 +134,14 @@ class BoardDeployer:
             self._failed(out, exc)
         out.duration_s = time.monotonic() - t0
         return out
+
+    def effective_trust(self) -> TrustedImage | None:
+        """What the next deploy will trust (clearing trust that no longer holds)."""
+        return self.trust.check(
+            connected=self.conn.check_alive(),
+            disconnects=self.conn.disconnects,
+            usb_serial=_usb_serial(self.conn),
+        )
 
     def _failed(self, out: DeployOutcome, exc: BaseException) -> None:
         out.kind = "failed"
@@ -189,6 +193,11 @@ class BoardDeployer:
     ) -> None:
         t = time.monotonic()
         esp = self._enter_bootloader(use, out)
+        # esptool's own recovery from a lost link closes the port and reopens
+        # it for 7 s; we own the port, so that cannot work. Fail at once: the
+        # outcome says "failed", trust is cleared, and the session redeploys
+        # when the board is back.
+        esp.WRITE_FLASH_ATTEMPTS = 1
         identity = ":".join(f"{b:02x}" for b in esp.read_mac())
         out.identity = identity
         self.identity = identity
@@ -224,6 +233,7 @@ class BoardDeployer:
             t = time.monotonic()
             if stub:
                 esp = run_stub(esp)
+                esp.WRITE_FLASH_ATTEMPTS = 1
                 out.stub_used = True
             if self.baud != ROM_BAUD:
                 esp.change_baud(self.baud)  # first: the set-up commands then go faster too

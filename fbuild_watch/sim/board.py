@@ -153,6 +153,9 @@ class VirtualBoard:
         self.gpio_history: list[tuple[float, int]] = []
         self.tx_record: bytearray | None = bytearray() if record_tx else None
         self.listeners: list[Callable[[str], None]] = []  # state-change observers (tests)
+        # (reading thread's name, bytes) of every host read and input flush:
+        # the soak proves the log file holds all that the monitor read
+        self.host_rx_log: list[tuple[str, bytes]] | None = None
 
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
@@ -234,6 +237,8 @@ class VirtualBoard:
                 if self._rx:
                     chunk = bytes(self._rx[:size])
                     del self._rx[:size]
+                    if self.host_rx_log is not None:
+                        self.host_rx_log.append((threading.current_thread().name, chunk))
                     return chunk
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -248,6 +253,9 @@ class VirtualBoard:
     def host_reset_input(self, epoch: int) -> None:
         with self._lock:
             self._check_link(epoch)
+            if self.host_rx_log is not None and self._rx:
+                name = f"flush:{threading.current_thread().name}"
+                self.host_rx_log.append((name, bytes(self._rx)))
             self._rx.clear()
 
     def set_host_baud(self, baud: int) -> None:

@@ -78,6 +78,13 @@ class Watcher:
         self._aio: asyncio.AbstractEventLoop | None = None
         self._cookie_n = 0
         self._first_event_at: float | None = None  # of the batch not yet released
+        self._releasing = False  # between a kick and handing its change set on
+
+    @property
+    def idle(self) -> bool:
+        """Nothing seen that is not yet handed on (quiet points in tests and
+        the soak; call after `probe()` so the OS has delivered its events)."""
+        return not self._releasing and not self._kick.is_set() and not self.ws.has_pending
 
     # -- control --------------------------------------------------------------
     def stop(self) -> None:
@@ -287,8 +294,10 @@ class Watcher:
             idle_since = time.monotonic()
             while not self._stop.is_set():
                 wait = min(self.opts.idle_rescan_s, self.opts.cookie_every_s)
+                self._releasing = False
                 try:
                     await asyncio.wait_for(self._kick.wait(), wait)
+                    self._releasing = True
                 except TimeoutError:
                     if time.monotonic() - idle_since < self.opts.idle_rescan_s:
                         await self.probe()
