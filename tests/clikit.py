@@ -63,7 +63,25 @@ class JsonLines:
         assert self.proc.stderr is not None
         return self.proc.stderr.read()[-8000:]
 
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def send(self, command: str) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
+
+
+def watch_json(project: object, port: str, env: dict[str, str]) -> JsonLines:
+    """`fbuild watch PROJECT --port PORT --json` with stdin for commands."""
+    proc = subprocess.Popen(
+        [*FBUILD, "watch", str(project), "--port", port, "--json"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    return JsonLines(proc)

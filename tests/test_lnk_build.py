@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.clikit import FBUILD, JsonLines
+from tests.clikit import FBUILD, watch_json
 from tests.examplekit import copy_example
 from tests.lnkkit import BlobServer, blob, serve, write_pointer
 
@@ -61,15 +61,7 @@ def test_watch_resolves_a_changed_pointer_before_the_build(
     project = copy_example(tmp_path / "blink-c3")
     first, second = blob(8 * 1024, 1), blob(12 * 1024, 2)
     lnk = write_pointer(project / "assets" / "asset.bin.lnk", server.add("/v1", first), first)
-    proc = subprocess.Popen(
-        [*FBUILD, "watch", str(project), "--port", "sim://lnkw?timing=instant&flash=", "--json"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    ev = JsonLines(proc)
+    ev = watch_json(project, "sim://lnkw?timing=instant&flash=", env)
     asset_line = re.compile(r"asset (\d+) bytes, checksum (0x[0-9a-f]{8})")
 
     def asset_seen(size: int, data: bytes) -> None:
@@ -98,8 +90,6 @@ def test_watch_resolves_a_changed_pointer_before_the_build(
         assert len(builds) == builds_before + 1
         assert server.count("/v2") == 1
         ev.send("quit")
-        assert proc.wait(timeout=20) == 0
+        assert ev.proc.wait(timeout=20) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        ev.kill()

@@ -6,29 +6,21 @@ from __future__ import annotations
 import os
 import pty
 import select
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pyte
 
-from tests.clikit import FBUILD, JsonLines
+from tests.clikit import FBUILD, watch_json
 from tests.examplekit import copy_example
 
 
 def test_json_mode_with_stdin_commands(tmp_path: Path) -> None:
     project = copy_example(tmp_path / "blink-c3")
     env = {**os.environ, "FBUILD_CACHE_DIR": str(tmp_path / "cache"), "FBUILD_WATCH_TRACE": "1"}
-    proc = subprocess.Popen(
-        [*FBUILD, "watch", str(project), "--port", "sim://j?timing=instant&flash=", "--json"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    ev = JsonLines(proc)
+    ev = watch_json(project, "sim://j?timing=instant&flash=", env)
+    proc = ev.proc
     try:
         ev.expect(lambda e: e["type"] == "build_started")
         built = ev.expect(lambda e: e["type"] == "build_finished")
