@@ -100,10 +100,11 @@ def _deploy(args: argparse.Namespace) -> int:
 
     register_sim()
     backend = detect_backend(Path(args.project), fqbn=args.fqbn)
-    layout = backend.load_layout().validate()  # never flash what was not validated
     cfg = backend.config
+    # usage errors (ports, baud) before anything is read from the build
     infos = board_ports(args.port, cfg.port if cfg else ())
     baud = flashing_baud(args.baud, cfg.baud if cfg else None)
+    layout = backend.load_layout().validate()  # never flash what was not validated
     cache = None if args.no_trust else FlashCache()
 
     def one(info: PortInfo) -> dict[str, object]:

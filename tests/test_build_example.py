@@ -95,7 +95,7 @@ def test_invalid_layout_after_build_is_not_deployable(tmp_path: Path) -> None:
 
 def test_cancel_kills_the_whole_process_group(tmp_path: Path) -> None:
     (tmp_path / "fbuild.toml").write_text(
-        '[build]\ncommand = ["sh", "-c", "sleep 30 & echo started; wait"]\n'
+        '[build]\ncommand = ["sh", "-c", "sleep 31.25 & echo started; wait"]\n'
         'flasher_args = "build/flasher_args.json"\n'
     )
     started = threading.Event()
@@ -112,5 +112,5 @@ def test_cancel_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert result.cancelled and not result.ok  # type: ignore[attr-defined]
     import subprocess
 
-    left = subprocess.run(["pgrep", "-f", "sleep 30"], capture_output=True, text=True).stdout
+    left = subprocess.run(["pgrep", "-f", "sleep 31.25"], capture_output=True, text=True).stdout
     assert not left.strip()
