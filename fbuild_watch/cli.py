@@ -394,18 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
     pull = lnk_sub.add_parser(
         "pull", help="fetch every referenced blob (and materialize it, in a project)"
     )
-    pull.add_argument("dir", nargs="?", default=".", metavar="DIR")
     pull.add_argument("--allow-http", action="store_true", help=http_help)
-    pull.add_argument("--json", action="store_true", help="print one JSON object")
     check = lnk_sub.add_parser(
         "check",
         help="re-hash the cached blobs, no network (exit 1 on a missing or corrupt blob)",
     )
-    check.add_argument("dir", nargs="?", default=".", metavar="DIR")
-    check.add_argument("--json", action="store_true", help="print one JSON object")
     ls = lnk_sub.add_parser("ls", help="list the pointers and their cache state")
-    ls.add_argument("dir", nargs="?", default=".", metavar="DIR")
-    ls.add_argument("--json", action="store_true", help="print one JSON object")
+    for p in (pull, check, ls):
+        p.add_argument("dir", nargs="?", default=".", metavar="DIR")
     add = lnk_sub.add_parser("add", help="download URL once, hash it and write its .lnk")
     add.add_argument("url", metavar="URL")
     add.add_argument(
@@ -417,8 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--extract", choices=["file", "zip", "tar.gz"], help="default: from the URL")
     add.add_argument("--allow-http", action="store_true", help=http_help)
     add.add_argument("--force", action="store_true", help="replace an existing pointer")
-    add.add_argument("--json", action="store_true", help="print one JSON object")
     for p in (pull, check, ls, add):
+        p.add_argument("--json", action="store_true", help="print one JSON object")
         p.set_defaults(func=_lnk)
     lnk.set_defaults(func=lambda _a: _usage(lnk))
 

@@ -85,3 +85,15 @@ def watch_json(project: object, port: str, env: dict[str, str]) -> JsonLines:
         env=env,
     )
     return JsonLines(proc)
+
+
+def run_fbuild(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """One `fbuild` command to completion; `env` is the whole environment."""
+    return subprocess.run(
+        [*FBUILD, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )

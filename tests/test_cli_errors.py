@@ -7,26 +7,19 @@ from __future__ import annotations
 import os
 import pty
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import serial
 
-FBUILD = [sys.executable, "-m", "fbuild_watch"]
+from tests.clikit import run_fbuild
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "blink-c3"
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*FBUILD, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-    )
+    return run_fbuild(*args, env={**os.environ, **(env or {})})
 
 
 def one_line_error(res: subprocess.CompletedProcess[str]) -> str:

@@ -8,8 +8,6 @@ import json
 import multiprocessing
 import os
 import stat
-import subprocess
-import sys
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -23,9 +21,8 @@ from fbuild_watch.lnk.fetch import Fetcher, FetchPolicy
 from fbuild_watch.lnk.format import parse_pointer
 from fbuild_watch.lnk.materialize import ArchiveError, extract_archive
 from fbuild_watch.lnk.resolve import Resources, find_pointers
+from tests.clikit import run_fbuild
 from tests.lnkkit import BlobServer, blob, serve, sha, write_pointer
-
-FBUILD = [sys.executable, "-m", "fbuild_watch"]
 
 
 @pytest.fixture(autouse=True)
@@ -414,49 +411,41 @@ def test_pointer_defaults_and_case(tmp_path: Path) -> None:
 
 
 # -- the CLI -----------------------------------------------------------------------
-def _fbuild(
-    *args: str, env: dict[str, str], cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*FBUILD, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=60
-    )
-
-
 def test_cli_add_pull_ls_check(tmp_path: Path, server: BlobServer) -> None:
     env = {**os.environ}
     data = blob(40_000)
     url = server.add("/pkg/sound.raw", data)
     project = _project(tmp_path)
-    r = _fbuild("lnk", "add", url, "-o", str(project / "assets" / "sound.raw"), env=env)
+    r = run_fbuild("lnk", "add", url, "-o", str(project / "assets" / "sound.raw"), env=env)
     assert r.returncode == 0, r.stderr
     lnk = project / "assets" / "sound.raw.lnk"
     ptr = parse_pointer(lnk)
     assert (ptr.sha256, ptr.size, ptr.url, ptr.extract) == (sha(data), len(data), url, "file")
-    assert _fbuild("lnk", "add", url, "-o", str(lnk), env=env).returncode == 2  # exists
+    assert run_fbuild("lnk", "add", url, "-o", str(lnk), env=env).returncode == 2  # exists
 
-    r = _fbuild("lnk", "ls", str(project), "--json", env=env)
+    r = run_fbuild("lnk", "ls", str(project), "--json", env=env)
     [row] = json.loads(r.stdout)["pointers"]
     assert row["pointer"] == "assets/sound.raw.lnk" and row["cache"] == "cached"
     assert row["materialized"] is None
 
-    r = _fbuild("lnk", "pull", str(project), env=env)
+    r = run_fbuild("lnk", "pull", str(project), env=env)
     assert r.returncode == 0 and "1 pointer(s): 0 fetched, 1 already cached" in r.stdout
     assert server.count("/pkg/sound.raw") == 1  # add downloaded it; pull did not again
-    r = _fbuild("lnk", "check", str(project), env=env)
+    r = run_fbuild("lnk", "check", str(project), env=env)
     assert r.returncode == 0 and "ok  assets/sound.raw.lnk" in r.stdout
 
     # tamper with the cached blob: check (no network) finds it
     cached = BlobCache(tmp_path / "cache" / "lnk").path(sha(data))
     cached.chmod(0o644)
     cached.write_bytes(data[:-1] + b"\x00")
-    r = _fbuild("lnk", "check", str(project), env=env)
+    r = run_fbuild("lnk", "check", str(project), env=env)
     assert r.returncode == 1 and "corrupt  assets/sound.raw.lnk" in r.stdout
     # and the next resolve re-fetches instead of building with it
-    r = _fbuild("lnk", "pull", str(project), env=env)
+    r = run_fbuild("lnk", "pull", str(project), env=env)
     assert r.returncode == 0 and "1 fetched" in r.stdout, r.stderr
     assert server.count("/pkg/sound.raw") == 2
     cached.unlink()
-    r = _fbuild("lnk", "check", str(project), "--json", env=env)
+    r = run_fbuild("lnk", "check", str(project), "--json", env=env)
     assert r.returncode == 1 and json.loads(r.stdout)["pointers"][0]["state"] == "missing"
 
 
@@ -464,15 +453,15 @@ def test_cli_errors_and_exit_codes(tmp_path: Path, server: BlobServer) -> None:
     env = {**os.environ}
     project = _project(tmp_path)
     (project / "bad.bin.lnk").write_text("{")
-    r = _fbuild("lnk", "pull", str(project), env=env)
+    r = run_fbuild("lnk", "pull", str(project), env=env)
     assert r.returncode == 2
     assert r.stderr.strip() == f"fbuild: error: {project / 'bad.bin.lnk'}: malformed JSON: " + (
         "Expecting property name enclosed in double quotes at line 1"
     )
-    assert _fbuild("lnk", "check", str(project), env=env).returncode == 2
+    assert run_fbuild("lnk", "check", str(project), env=env).returncode == 2
     (project / "bad.bin.lnk").unlink()
     write_pointer(project / "gone.bin.lnk", server.url("/missing"), b"abc")
-    r = _fbuild("lnk", "pull", str(project), env=env)
+    r = run_fbuild("lnk", "pull", str(project), env=env)
     assert r.returncode == 1 and r.stderr.count("\n") >= 1
     assert r.stderr.strip().splitlines()[-1] == (
         f"fbuild: error: {project / 'gone.bin.lnk'}: HTTP 404 Not Found from {server.url('/missing')}"

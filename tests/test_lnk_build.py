@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.clikit import FBUILD, watch_json
+from tests.clikit import run_fbuild, watch_json
 from tests.examplekit import copy_example
 from tests.lnkkit import BlobServer, blob, serve, write_pointer
 
@@ -44,13 +43,13 @@ def test_fbuild_build_embeds_the_lnk_asset(
     project = copy_example(tmp_path / "blink-c3")
     data = blob(16 * 1024)
     write_pointer(project / "assets" / "asset.bin.lnk", server.add("/asset.bin", data), data)
-    r = subprocess.run([*FBUILD, "build", str(project)], capture_output=True, text=True, env=env)
+    r = run_fbuild("build", str(project), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "lnk: fetching assets/asset.bin.lnk (16.0 KiB) from http://127.0.0.1" in r.stdout
     assert (project / "build" / "asset.bin").read_bytes() == data
     # a broken pointer fails the build with the file named, and nothing is built
     (project / "assets" / "asset.bin.lnk").write_text('{"v": 1}')
-    r = subprocess.run([*FBUILD, "build", str(project)], capture_output=True, text=True, env=env)
+    r = run_fbuild("build", str(project), env=env)
     assert r.returncode == 1
     assert f'{project / "assets" / "asset.bin.lnk"}: missing "url"' in r.stdout + r.stderr
 

@@ -118,9 +118,7 @@ class BuildRun:
         if self.pointers is not None:
             rels = list(self.pointers())
         else:
-            rels = find_pointers(
-                backend.project_dir, backend.ignore_rules(), backend.watch_paths() or [""]
-            )
+            rels = find_pointers(backend.project_dir, backend.ignore_rules(), backend.watch_paths())
 
         def say(line: str) -> None:
             output.append(line)

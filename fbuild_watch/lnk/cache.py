@@ -33,14 +33,12 @@ def default_cache_dir() -> Path:
     return base / "lnk"
 
 
-def hash_file(path: Path) -> tuple[str, int]:
+def hash_file(path: Path) -> str:
     h = hashlib.sha256()
-    size = 0
     with path.open("rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
+    return h.hexdigest()
 
 
 def _stamp(st: os.stat_result) -> list[int]:
@@ -88,7 +86,7 @@ class BlobCache:
         A match refreshes the recorded stat."""
         path = self.path(sha256)
         try:
-            digest, _ = hash_file(path)
+            digest = hash_file(path)
         except FileNotFoundError:
             return None
         if digest != sha256:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -63,7 +64,7 @@ def scope(directory: Path, *, allow_http: bool = False, say: bool = True) -> Sco
         return Scope(res, find_pointers(directory, IgnoreRules(directory)), False)
     policy = backend.fetch_policy()
     if allow_http:
-        policy = FetchPolicy(allow_http=True, max_bytes=policy.max_bytes)
+        policy = dataclasses.replace(policy, allow_http=True)
     res = Resources(
         backend.project_dir,
         backend.resource_dir(),
@@ -71,7 +72,7 @@ def scope(directory: Path, *, allow_http: bool = False, say: bool = True) -> Sco
         on_line=on_line,
         progress=progress,
     )
-    rels = find_pointers(backend.project_dir, backend.ignore_rules(), backend.watch_paths() or [""])
+    rels = find_pointers(backend.project_dir, backend.ignore_rules(), backend.watch_paths())
     return Scope(res, rels, True)
 
 

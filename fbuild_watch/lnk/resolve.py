@@ -9,7 +9,6 @@ more is removed, so a build never embeds a stale asset.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -23,6 +22,7 @@ from fbuild_watch.lnk.fetch import Fetcher, Progress, url_label
 from fbuild_watch.lnk.format import LNK_SUFFIX, Pointer, parse_pointer
 from fbuild_watch.lnk.materialize import extract_archive, place_file
 from fbuild_watch.watch.ignore import IgnoreRules
+from fbuild_watch.watch.state import WatchSet
 
 DEFAULT_RESOURCE_DIR = ".fbuild/resources"
 STATE_NAME = ".fbuild-lnk.json"
@@ -38,32 +38,13 @@ class Resolved:
 
 
 def find_pointers(
-    project_dir: Path, ignore: IgnoreRules | None = None, paths: Iterable[str] = ("",)
+    project_dir: Path, ignore: IgnoreRules | None = None, paths: Iterable[str] | None = None
 ) -> list[str]:
-    """Every `*.lnk` under `paths` (relative to the project), minus ignored
-    ones. The watch loop does not call this: its watch set knows them."""
+    """Every `*.lnk` the watch set of `paths` (default: the whole project)
+    would hold. The watch loop does not call this: its watch set knows them."""
     root = Path(project_dir).resolve()
-    rules = ignore or IgnoreRules(root)
-    found: list[str] = []
-    for base in paths:
-        start = root / base if base else root
-        if start.is_file():
-            if start.name.endswith(LNK_SUFFIX):
-                found.append(base)
-            continue
-        for dirpath, dirnames, filenames in os.walk(start):
-            rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
-            rel_dir = "" if rel_dir == "." else rel_dir
-            if rules.use_ignore_files:
-                rules.load_ignore_files(Path(dirpath))
-            dirnames[:] = [
-                d for d in dirnames if not rules.ignored(f"{rel_dir}/{d}" if rel_dir else d, True)
-            ]
-            for name in filenames:
-                rel = f"{rel_dir}/{name}" if rel_dir else name
-                if name.endswith(LNK_SUFFIX) and not rules.ignored(rel):
-                    found.append(rel)
-    return sorted(set(found))
+    ws = WatchSet(root, ignore or IgnoreRules(root), paths=paths)
+    return sorted({rel for rel, _st, _link in ws.files() if rel.endswith(LNK_SUFFIX)})
 
 
 def human_size(n: int | None) -> str:

@@ -16,7 +16,7 @@ import os
 import stat
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,6 +148,16 @@ class WatchSet:
                     if not self.ignore.ignored(rel):
                         yield rel, st, link
 
+    def files(self) -> Iterator[tuple[str, os.stat_result, bool]]:
+        """(relpath, stat, is_symlink) of every file the watch set covers, on
+        disk now; nothing is hashed."""
+        for root in self.paths:
+            absroot = self.root / root if root else self.root
+            if absroot.is_file():
+                yield root, absroot.stat(), absroot.is_symlink()
+            else:
+                yield from self._walk(root)
+
     def scan(self, previous: dict[str, bytes] | None = None) -> ChangeSet:
         """Full scan. With `previous` (persisted state), only files whose stat
         differs from it are hashed. Returns the differences from what this
@@ -159,18 +169,10 @@ class WatchSet:
             self._dirty_dirs.clear()
         new: dict[str, bytes] = {}
         links: set[str] = set()
-        for root in self.paths:
-            absroot = self.root / root if root else self.root
-            if absroot.is_file():
-                items: Iterable[tuple[str, os.stat_result, bool]] = [
-                    (root, absroot.stat(), absroot.is_symlink())
-                ]
-            else:
-                items = self._walk(root)
-            for rel, st, link in items:
-                new[rel] = self._record(rel, st, known.get(rel))
-                if link:
-                    links.add(rel)
+        for rel, st, link in self.files():
+            new[rel] = self._record(rel, st, known.get(rel))
+            if link:
+                links.add(rel)
         changes = ChangeSet()
         for rel, rec in new.items():
             old = known.get(rel)
