@@ -282,3 +282,16 @@ async def test_watcher_error_falls_back_to_polling(
     assert any("falling back to polling" in n for n in notes)
     watcher.stop()
     await gen.aclose()
+
+
+def test_stat_sweep_sees_file_roots(tmp_path: Path) -> None:
+    """A watch path that is a file (fbuild.toml, a Makefile) is not reported
+    as vanished by every idle sweep; a real change to it is."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.c").write_text("int a;\n")
+    (tmp_path / "Makefile").write_text("all:\n")
+    ws = WatchSet(tmp_path, IgnoreRules(tmp_path), paths=["src", "Makefile"])
+    ws.scan()
+    assert ws.stat_diff() == []
+    (tmp_path / "Makefile").write_text("all: x\n")
+    assert ws.stat_diff() == [str(tmp_path.resolve() / "Makefile")]

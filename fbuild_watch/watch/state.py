@@ -281,15 +281,11 @@ class WatchSet:
         what is stored, plus new and vanished files. No hashing."""
         out: list[str] = []
         seen: set[str] = set()
-        for root in self.paths:
-            absroot = self.root / root if root else self.root
-            if not absroot.is_dir():
-                continue
-            for rel, st, _link in self._walk(root):
-                seen.add(rel)
-                rec = self._files.get(rel)
-                if rec is None or _REC.unpack(rec)[:3] != (st.st_mtime_ns, st.st_size, st.st_ino):
-                    out.append(str(self.root / rel))
+        for rel, st, _link in self.files():  # file roots too: they are not "vanished"
+            seen.add(rel)
+            rec = self._files.get(rel)
+            if rec is None or _REC.unpack(rec)[:3] != (st.st_mtime_ns, st.st_size, st.st_ino):
+                out.append(str(self.root / rel))
         out += [str(self.root / rel) for rel in self._files.keys() - seen]
         return out
 
