@@ -161,7 +161,11 @@ def _watch(args: argparse.Namespace) -> int:
         return run_line_mode(opts, json_mode=args.json, timeout=args.timeout)
     from fbuild_watch.tui.app import WatchApp
 
-    return WatchApp(opts).run() or 0
+    app = WatchApp(opts)
+    code = app.run() or 0
+    for line in app.exit_report:  # the screen is gone: say how the last deploy ended
+        print(line, file=sys.stderr)
+    return code
 
 
 def _monitor(args: argparse.Namespace) -> int:
@@ -339,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Watch the project, rebuild on change, deploy the least flash traffic possible to "
             "the board(s) and show their serial logs. Keys (TUI) or stdin lines (--plain/--json): "
             "f full-flash, b rebuild, r reset, a app-flash, p pause, q quit; also t timestamps, "
-            "c clear, l log to file, / filter, and esp-idf-monitor's Ctrl+T Ctrl+F/A/R."
+            "c clear, l log to file, / filter, and esp-idf-monitor's Ctrl+T Ctrl+F/A/R. "
+            "Quitting (q, Ctrl+C) during a deploy waits for it to finish; quitting again "
+            "aborts it and reports the flash as partially written."
         ),
     )
     watch.add_argument("project", nargs="?", default=".", metavar="PROJECT")

@@ -4,7 +4,8 @@ It takes events (files changed, build finished, commands) and emits `Event`s
 that views subscribe to. It owns no UI. Changes during a build either queue
 one follow-up build (default) or cancel and restart the build; a build whose
 sources changed while it ran is reported `stale` and never deployed. A
-deploy in progress is never interrupted.
+deploy in progress is never interrupted, not even by quitting (unless the
+user quits twice: `abort`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class Deployer(Protocol):
     async def deploy(self, layout: ValidatedLayout, *, full: bool, app_only: bool) -> bool: ...
 
     async def reset(self) -> None: ...
+
+    def abort(self) -> None:
+        """Interrupt deploys in progress (they then report `failed`)."""
 
 
 @dataclass
@@ -86,6 +90,11 @@ class Loop:
         self._saves: set[asyncio.Future[None]] = set()  # state writes in flight
         self._worker_waiting = False
         self._probe_task: asyncio.Future[None] | None = None
+        self._deploy_fut: asyncio.Future[bool] | None = None
+
+    @property
+    def deploying(self) -> bool:
+        return self._deploy_fut is not None and not self._deploy_fut.done()
 
     @property
     def idle(self) -> bool:
@@ -262,10 +271,13 @@ class Loop:
             return
         self.state = "deploying"
         t0 = time.monotonic()
-        try:
-            await self.deployer.deploy(layout, full=full, app_only=app_only)
-        finally:
-            self.state = "monitoring"
+        # Shielded: quitting never cancels a deploy half way; `run` waits for
+        # it (or `abort` interrupts it, and it reports what is on flash).
+        fut = self._deploy_fut = asyncio.ensure_future(
+            self.deployer.deploy(layout, full=full, app_only=app_only)
+        )
+        await asyncio.shield(fut)
+        self.state = "monitoring"
         if cycle is not None:
             cycle.deploy_end = time.monotonic()
             cycle.timings["deploy"] = cycle.deploy_end - t0
@@ -368,11 +380,32 @@ class Loop:
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+            if self.deploying:
+                assert self._deploy_fut is not None
+                self.emit(
+                    Event(
+                        "note",
+                        {
+                            "message": "quitting after the deploy in progress; quit again to "
+                            "abort it (the flash is then partially written)"
+                        },
+                    )
+                )
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._deploy_fut)
             if self._saves:  # the next start relies on the saved state
                 await asyncio.gather(*self._saves, return_exceptions=True)
             stats = vars(self.watcher.stats) if self.watcher is not None else {}
             self.emit(Event("loop_stopped", {"watcher": dict(stats)}))
 
     def stop(self) -> None:
+        """Quit: a deploy in progress is finished first (see `abort`)."""
         self._quit.set()
         self._wake.set()
+
+    def abort(self) -> None:
+        """Quit now: a deploy in progress is interrupted and reports what is
+        on flash (`failed`, partially written); trust is cleared."""
+        self.stop()
+        if self.deploying and self.deployer is not None:
+            self.deployer.abort()

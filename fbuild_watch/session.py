@@ -168,6 +168,10 @@ class MultiDeployer:
             await asyncio.sleep(0.005)
         return None
 
+    def abort(self) -> None:
+        for b in self.session.boards:
+            b.deployer.abort()
+
     async def reset(self) -> None:
         for b in self.session.boards:
             try:
@@ -297,9 +301,20 @@ class WatchSession:
         if aio is not None and aio.is_running():
             aio.call_soon_threadsafe(self.command, name)
 
+    @property
+    def deploying(self) -> bool:
+        return self.loop is not None and self.loop.deploying
+
     def stop(self) -> None:
+        """Quit; a deploy in progress is finished first."""
         if self.loop is not None:
             self.loop.stop()
+
+    def abort(self) -> None:
+        """Quit now, interrupting a deploy in progress (it reports `failed`
+        and what is on flash)."""
+        if self.loop is not None:
+            self.loop.abort()
 
     def close(self) -> None:
         for b in self.boards:

@@ -62,6 +62,9 @@ class FakeDeployer:
     async def reset(self) -> None:
         self.resets += 1
 
+    def abort(self) -> None:
+        pass
+
 
 class LoopRun:
     def __init__(

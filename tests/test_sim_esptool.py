@@ -47,6 +47,27 @@ def test_python_api_default_reset_flash_and_boot(firmware: Build) -> None:
         assert board.flash.read(off, len(data)) == data
 
 
+@pytest.mark.parametrize("stub", [True, False], ids=["stub", "no-stub"])
+def test_uncompressed_partial_write_leaves_the_next_sectors(stub: bool) -> None:
+    """esptool pads the last FLASH_DATA block with 0xFF to the block size
+    (16 KiB for the stub); the stub trims it and the ROM's padding only
+    programs 0xFF, so 8 KiB written mid-flash leaves the sectors after it."""
+    board = new_board()
+    neighbour = bytes(range(256)) * 32  # 8 KiB, non-0xFF
+    board.flash.erase(0x52000, len(neighbour))
+    board.flash.program(0x52000, neighbour)
+    port = open_port(board)
+    esp = detect_chip(port, 115200, "default-reset")
+    if stub:
+        esp = run_stub(esp)
+    attach_flash(esp)
+    data = hashlib.sha256(b"x").digest() * 256  # 8 KiB, sent uncompressed
+    write_flash(esp, [(0x50000, data)], no_compress=True)
+    assert board.flash.read(0x50000, len(data)) == data
+    assert board.flash.read(0x52000, len(neighbour)) == neighbour
+    port.close()
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[str]:
     """`fbuild sim serve` in its own process; yields its socket:// URL."""

@@ -94,14 +94,20 @@ class BoardDeployer:
         trust: SessionTrust | None = None,
         cache: FlashCache | None = None,
         log: Callable[[str], None] | None = None,
+        stub: bool | None = None,
     ) -> None:
+        """`stub`: None lets the cost model choose ROM or stub per deploy;
+        True/False forces one (benchmarks measure the break-even with it)."""
         self.conn = conn
         self.baud = baud
+        self.stub = stub
         self.trust = trust or SessionTrust()
         self.cache = cache
         self.log = log or (lambda _m: None)
         self.identity: str | None = None
-        self._attached: set[str] = set()  # identities whose flash esptool probed this session
+        # identity -> JEDEC flash ID, for chips whose flash esptool probed this session
+        self._flash_ids: dict[str, int] = {}
+        self._aborting = False
 
     # ------------------------------------------------------------------------
     def deploy(
@@ -126,6 +132,8 @@ class BoardDeployer:
             out.duration_s = time.monotonic() - t0
             return out
         try:
+            if self._aborting:
+                raise RuntimeError("aborted before it started")
             with captured(out.log.append), self.conn.exclusive() as use:
                 self._deploy_connected(
                     use=use, layout=layout, regions=regions, trusted=trusted, full=full, out=out
@@ -143,10 +151,19 @@ class BoardDeployer:
             usb_serial=_usb_serial(self.conn),
         )
 
+    def abort(self) -> None:
+        """Stop a deploy in progress now (the user insists on quitting): the
+        port is closed under esptool, so the deploy fails at its next read
+        or write and reports what is on flash. The connection stays closed."""
+        self._aborting = True
+        self.conn.close()
+
     def _failed(self, out: DeployOutcome, exc: BaseException) -> None:
         out.kind = "failed"
         text = " ".join(str(exc).split()) or type(exc).__name__
         out.error = text.split(" For troubleshooting")[0]
+        if self._aborting:
+            out.error = "aborted by the user"
         if out.flash_state == "writing":
             out.flash_state = "partially written: the board may not boot until the next deploy"
         elif out.flash_state is None:
@@ -225,10 +242,13 @@ class BoardDeployer:
             runs = self._probe(esp, regions, out, verified_regions)
             out.phases["verify"] = time.monotonic() - t
 
-        sizes = compressed_sizes(runs)
-        stub = bool(runs) and estimate_s(runs, stub=True, baud=self.baud, sizes=sizes) < estimate_s(
-            runs, stub=False, baud=self.baud, sizes=sizes
-        )
+        if self.stub is not None:
+            stub = bool(runs) and self.stub
+        else:
+            sizes = compressed_sizes(runs)
+            stub = bool(runs) and estimate_s(
+                runs, stub=True, baud=self.baud, sizes=sizes
+            ) < estimate_s(runs, stub=False, baud=self.baud, sizes=sizes)
         if runs:
             t = time.monotonic()
             if stub:
@@ -237,14 +257,18 @@ class BoardDeployer:
                 out.stub_used = True
             if self.baud != ROM_BAUD:
                 esp.change_baud(self.baud)  # first: the set-up commands then go faster too
-            if identity in self._attached:
-                # esptool's full attach probes the flash (XMC start-up fix, size
-                # detection: ~60 register commands); once per session is enough.
+            if identity in self._flash_ids:
+                # esptool's full attach probes the flash (XMC start-up fix, SFDP,
+                # flash reset, ID: ~60 register commands), and write_flash reads
+                # the ID again to size the flash (~12 more, ~60 ms at 460800).
+                # The flash is soldered to the chip this MAC names: once per
+                # session is enough.
                 if not esp.IS_STUB:
                     esp.flash_spi_attach(0)
+                esp.cache["flash_id"] = self._flash_ids[identity]
             else:
                 attach_flash(esp)
-                self._attached.add(identity)
+                self._flash_ids[identity] = esp.flash_id()
             out.phases["stub" if stub else "setup"] = time.monotonic() - t
             t = time.monotonic()
             self.trust.clear("write in progress")

@@ -13,8 +13,10 @@ BLOCK = 0x10000
 COMMAND_S = 0.004
 SECTOR_ERASE_S = 0.045
 PAGE_PROGRAM_S = 0.0006
-STUB_UPLOAD_BYTES = 8_400  # esptool 5.6 stub v2 for the C3 on the wire, with SLIP/headers
-STUB_COMMANDS = 12
+# esptool 5.6's stub (v2) for the C3 as run_stub sends it: bytes on the wire
+# both ways with SLIP and headers, and its commands (counted at the port)
+STUB_UPLOAD_BYTES = 6_341
+STUB_COMMANDS = 7
 ROM_BLOCK = 0x400
 STUB_BLOCK = 0x4000
 
@@ -59,9 +61,18 @@ def wire_s(nbytes: int, baud: int) -> float:
 
 
 def compressed_sizes(runs: list[Run]) -> list[int]:
-    """What the runs cost on the wire, estimated with fast zlib level 1
-    (esptool sends level 9, a little smaller; this only ranks the options)."""
+    """What the runs compress to, estimated with fast zlib level 1 (esptool
+    sends level 9, a little smaller; this only ranks the options)."""
     return [len(zlib.compress(run.data, 1)) for run in runs]
+
+
+def wire_bytes(size: int, compressed: int, block: int) -> int:
+    """Payload bytes esptool sends for one run: deflated when that is
+    smaller, else raw with the last block padded to the block size (16 KiB
+    with the stub, which is why small incompressible runs cost it more)."""
+    if compressed < size:
+        return compressed
+    return -(-size // block) * block
 
 
 def estimate_s(runs: list[Run], *, stub: bool, baud: int, sizes: list[int] | None = None) -> float:
@@ -73,10 +84,11 @@ def estimate_s(runs: list[Run], *, stub: bool, baud: int, sizes: list[int] | Non
     sizes = sizes if sizes is not None else compressed_sizes(runs)
     for run, comp in zip(runs, sizes, strict=True):
         block = STUB_BLOCK if stub else ROM_BLOCK
-        blocks = -(-comp // block)
+        sent = wire_bytes(len(run.data), comp, block)
+        blocks = -(-sent // block)
         erase = run.sectors * SECTOR_ERASE_S
         program = -(-len(run.data) // 256) * PAGE_PROGRAM_S
-        wire = wire_s(comp, baud)
+        wire = wire_s(sent, baud)
         if stub:  # flash work overlaps the wire; acks are immediate
             total += max(wire, erase + program) + 3 * COMMAND_S
         else:  # ROM: erase at begin, then synchronous 1 KiB blocks

@@ -60,6 +60,10 @@ class Faults:
     stall: bool = False  # the loader swallows requests without answering
     refuse_download: bool = False  # IO0 strap ignored: always boots the app
     drop_on_command: str | None = None  # unplug when this loader command arrives (e.g. mid-write)
+    # the loader stops at this command until `release` is set (a deploy caught half way)
+    hold_on_command: str | None = None
+    held: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -442,6 +446,10 @@ class VirtualBoard:
             raise Disconnected(f"{self.name}: unplugged during {name}")
         if name == "stub_started":
             self.counters.stub_uploads += 1
+        if self.faults.hold_on_command == name:
+            self.faults.hold_on_command = None
+            self.faults.held.set()
+            self.faults.release.wait(60)
 
     def start_ram_app(self, segments: list[tuple[int, bytes]], entry: int) -> None:
         self._start_cpu(segments, entry, elf_sha=None)

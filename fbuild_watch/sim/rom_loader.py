@@ -175,7 +175,7 @@ class LoaderSession:
         self._mem_segments: dict[int, bytes] = {}
         self._read: _FlashRead | None = None
         # Flash work the stub does in the background while the next blocks
-        # are still on the wire (it acks compressed blocks at once).
+        # are still on the wire (it acks data blocks at once).
         self.backlog_s = 0.0
         self._handlers: dict[int, Callable[[bytes], tuple[int, bytes]]] = {
             FLASH_BEGIN: self._flash_begin,
@@ -221,7 +221,7 @@ class LoaderSession:
         name = COMMAND_NAMES.get(op, f"0x{op:02x}")
         self.board.count_command(name)
         self.board.pace(self.board.timing.command_latency_s)
-        if op != FLASH_DEFL_DATA and self.backlog_s:
+        if op not in (FLASH_DATA, FLASH_DEFL_DATA) and self.backlog_s:
             self.board.pace(self.backlog_s)  # anything else waits for the flash
             self.backlog_s = 0.0
         if len(data) != length:
@@ -330,7 +330,9 @@ class LoaderSession:
 
     def _work(self, seconds: float) -> None:
         dl = self._download
-        if self.is_stub and dl is not None and dl.compressed:
+        if self.is_stub and dl is not None:
+            # the stub acks FLASH_DATA and FLASH_DEFL_DATA at once and does the
+            # flash work while the next block arrives (stub_flasher.c cmd_loop)
             self.backlog_s += seconds
         else:
             self.board.pace(seconds)
@@ -376,6 +378,11 @@ class LoaderSession:
     def _program(self, dl: _Download, raw: bytes) -> None:
         flash = self.board.flash
         addr = dl.offset + dl.written
+        if self.is_stub:
+            # esptool's stub trims the final block: FLASH_DATA pads it with 0xFF
+            # to the block size, and writing (erasing) that padding would wipe
+            # the sectors after a partial write (stub_write_flash.c)
+            raw = raw[: max(0, dl.size - dl.written)]
         if addr + len(raw) > flash.size:
             raise LoaderError(ERR_FLASH_WRITE)
         if self.is_stub and addr + len(raw) > dl.erased_to:

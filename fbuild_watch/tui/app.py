@@ -13,6 +13,7 @@ from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Footer, Input, Log, TabbedContent, TabPane
+from textual.worker import Worker
 
 from fbuild_watch.events import Event
 from fbuild_watch.session import SessionOptions, WatchSession
@@ -60,7 +61,9 @@ class WatchApp(App[int]):
         self._history: dict[str, tuple[collections.deque[float], collections.deque[str]]] = {}
         self._timestamps = False
         self._filter: Any = None
-        self._chord_until = 0.0
+        self._chord_pending = False
+        self._quitting = False
+        self.exit_report: list[str] = []  # printed after the screen is restored
         self._log_path: Path | None = opts.log_file
         self._state = "starting"
         self._outcomes: dict[str, str] = {}
@@ -169,6 +172,10 @@ class WatchApp(App[int]):
         elif ev.type == "deploy_finished":
             self._state = "monitoring"
             self._outcomes[d["board"]] = d["summary"]
+            if self._quitting:
+                flash = d.get("flash_state") if d["kind"] == "failed" else None
+                state = f" (flash {flash})" if flash else ""
+                self.exit_report.append(f"{d['board']}: deploy {d['summary']}{state}")
         elif ev.type == "cycle_finished":
             ms = d.get("timings_ms", {})
             self._timings = " ".join(f"{k.replace('_', ' ')} {v:.0f}ms" for k, v in ms.items())
@@ -211,11 +218,13 @@ class WatchApp(App[int]):
 
     # -- keys ------------------------------------------------------------------------
     def action_command(self, name: str) -> None:
+        self._chord_pending = False
         self.commands_seen.append(name)
         self.session.command(name)
 
     def action_chord(self) -> None:
-        self._chord_until = time.monotonic() + 2.0
+        # like esp-idf-monitor: the next key completes the chord, however late
+        self._chord_pending = True
         self.notify("Ctrl+T: then Ctrl+F full flash, Ctrl+A app flash, Ctrl+R reset", timeout=2)
 
     _TYPING_SAFE = frozenset({"quit", "filter"})
@@ -230,10 +239,12 @@ class WatchApp(App[int]):
             self.focused.remove_class("visible")
             self.set_focus(None)
             return
-        if event.key in self.CHORDS and time.monotonic() < self._chord_until:
-            self._chord_until = 0.0
-            event.stop()
-            self.session.command(self.CHORDS[event.key])
+        if self._chord_pending and event.key != "ctrl+t":
+            self._chord_pending = False
+            if event.key in self.CHORDS:
+                event.stop()
+                self.commands_seen.append(self.CHORDS[event.key])
+                self.session.command(self.CHORDS[event.key])
 
     def action_toggle_timestamps(self) -> None:
         self._timestamps = not self._timestamps
@@ -296,8 +307,25 @@ class WatchApp(App[int]):
                 log.write_lines(lines)
 
     async def action_quit(self) -> None:
-        self.session.stop()
-        self.exit(0)
+        if not self.session.deploying:
+            self.session.stop()
+            self.exit(0)
+            return
+        # Never leave a half-written flash unreported: finish the deploy
+        # first; quitting again interrupts it, and it reports what is on flash.
+        if self._quitting:
+            self.session.abort()
+            self.notify("aborting the deploy", severity="warning")
+        else:
+            self._quitting = True
+            self.session.stop()
+        self._state = "quitting after the deploy (q or Ctrl+C again: abort it)"
+        self._render_status()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        # the session has stopped (after the deploy it waited for): leave now
+        if self._quitting and event.worker.group == "session" and event.worker.is_finished:
+            self.exit(0)
 
     def on_unmount(self) -> None:
         self.session.stop()

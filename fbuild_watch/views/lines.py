@@ -128,11 +128,14 @@ def read_commands(send: Callable[[str], None], stream: TextIO | None = None) -> 
     src = stream or sys.stdin
 
     def run() -> None:
-        for raw in src:
-            name = raw.strip()
-            if not name:
-                continue
-            send(name)  # unknown names reach the loop, which reports them
+        try:
+            for raw in src:
+                name = raw.strip()
+                if not name:
+                    continue
+                send(name)  # unknown names reach the loop, which reports them
+        except (OSError, ValueError):
+            return  # no readable stdin (closed, or a detached process): no commands
 
     t = threading.Thread(target=run, name="stdin-commands", daemon=True)
     t.start()
@@ -167,8 +170,22 @@ class LineMode:
             self._finish()
 
     def _finish(self) -> None:
-        if self._loop is not None and self._done is not None:
-            self._loop.call_soon_threadsafe(self._done.set)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._quit)
+
+    def _quit(self) -> None:
+        """First quit (Ctrl+C, `quit`, --until, SIGTERM): stop, finishing a
+        deploy in progress; a second one while it runs aborts it."""
+        assert self._done is not None
+        if self._done.is_set():
+            if self.session.deploying:
+                self.session.abort()
+            return
+        self._done.set()
+
+    def _interrupt(self) -> None:
+        self.code = 130
+        self._quit()
 
     def _command(self, name: str) -> None:
         if name == "quit":
@@ -180,7 +197,8 @@ class LineMode:
         self._loop = asyncio.get_running_loop()
         self._done = done = asyncio.Event()
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            self._loop.add_signal_handler(signal.SIGTERM, done.set)
+            self._loop.add_signal_handler(signal.SIGTERM, self._quit)
+            self._loop.add_signal_handler(signal.SIGINT, self._interrupt)
         read_commands(self._command)
         if self.monitor_only:
             self.session.open_boards()
