@@ -32,6 +32,7 @@ from fbuild_watch.deploy.outcome import DeployOutcome
 from fbuild_watch.deploy.plan import (
     BLOCK,
     SECTOR,
+    STUB_BREAK_EVEN,
     Run,
     compressed_sizes,
     estimate_s,
@@ -244,6 +245,8 @@ class BoardDeployer:
 
         if self.stub is not None:
             stub = bool(runs) and self.stub
+        elif sum(len(run.data) for run in runs) > 4 * STUB_BREAK_EVEN:
+            stub = True  # far past the break-even: skip estimating (zlib of it all)
         else:
             sizes = compressed_sizes(runs)
             stub = bool(runs) and estimate_s(
@@ -342,10 +345,10 @@ class BoardDeployer:
         runs: list[Run] = []
         for r in regions:
             if r.size > BLOCK:
-                # an image starts in its first block: if that is erased, nothing
-                # of it is there and hashing the whole region would be wasted
-                head = esp.flash_md5sum(r.offset, BLOCK)
-                if head == _erased_md5(BLOCK) and r.data[:BLOCK] != b"\xff" * BLOCK:
+                # an image starts in its first sector: if that is erased, the
+                # image is not there and hashing the whole region would be wasted
+                head = esp.flash_md5sum(r.offset, SECTOR)
+                if head == _erased_md5(SECTOR) and r.data[:SECTOR] != b"\xff" * SECTOR:
                     runs.append(Run(r.name, r.offset, r.data))
                     continue
             device = esp.flash_md5sum(r.offset, r.size)

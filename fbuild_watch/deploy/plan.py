@@ -19,6 +19,9 @@ STUB_UPLOAD_BYTES = 6_341
 STUB_COMMANDS = 7
 ROM_BLOCK = 0x400
 STUB_BLOCK = 0x4000
+# Measured on the virtual board at 460800 baud (BENCHMARKS.md, "ROM or stub"):
+# for incompressible data the stub starts to win between 64 and 96 KiB.
+STUB_BREAK_EVEN = 64 * 1024
 
 
 @dataclass(frozen=True)
