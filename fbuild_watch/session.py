@@ -196,6 +196,7 @@ class WatchSession:
         self.backend: Backend | None = None
         self._aio: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
+        self._quit_requested = False
 
     # -- events ------------------------------------------------------------------
     def emit(self, ev: Event) -> None:
@@ -315,6 +316,21 @@ class WatchSession:
         and what is on flash)."""
         if self.loop is not None:
             self.loop.abort()
+
+    def quit(self) -> str:
+        """A user's quit (key, Ctrl+C, signal, `quit` command), for every view:
+        the first one stops, finishing a deploy in progress; another one while
+        that deploy runs aborts it. Returns "done" (nothing left to wait for),
+        "finishing" or "aborting"."""
+        again, self._quit_requested = self._quit_requested, True
+        if not self.deploying:
+            self.stop()
+            return "done"
+        if again:
+            self.abort()
+            return "aborting"
+        self.stop()
+        return "finishing"
 
     def close(self) -> None:
         for b in self.boards:

@@ -307,18 +307,16 @@ class WatchApp(App[int]):
                 log.write_lines(lines)
 
     async def action_quit(self) -> None:
-        if not self.session.deploying:
-            self.session.stop()
+        # Never leave a half-written flash unreported: a deploy in progress is
+        # finished first; quitting again interrupts it, and it reports what is
+        # on flash (the app leaves when the session has stopped).
+        what = self.session.quit()
+        if what == "done":
             self.exit(0)
             return
-        # Never leave a half-written flash unreported: finish the deploy
-        # first; quitting again interrupts it, and it reports what is on flash.
-        if self._quitting:
-            self.session.abort()
+        if what == "aborting":
             self.notify("aborting the deploy", severity="warning")
-        else:
-            self._quitting = True
-            self.session.stop()
+        self._quitting = True
         self._state = "quitting after the deploy (q or Ctrl+C again: abort it)"
         self._render_status()
 

@@ -174,13 +174,9 @@ class LineMode:
             self._loop.call_soon_threadsafe(self._quit)
 
     def _quit(self) -> None:
-        """First quit (Ctrl+C, `quit`, --until, SIGTERM): stop, finishing a
-        deploy in progress; a second one while it runs aborts it."""
+        """Ctrl+C, `quit`, --until, SIGTERM: see `WatchSession.quit`."""
         assert self._done is not None
-        if self._done.is_set():
-            if self.session.deploying:
-                self.session.abort()
-            return
+        self.session.quit()
         self._done.set()
 
     def _interrupt(self) -> None:
