@@ -243,9 +243,7 @@ def floors(scenario: str, lays: dict[str, ValidatedLayout]) -> tuple[float, floa
     changed = b"".join(run.data for run in runs)
     wire = len(zlib.compress(changed, 9)) * 10 / BAUD
     t = sim.REALISTIC
-    flash = sum(
-        run.sectors * t.sector_erase_s + -(-len(run.data) // 256) * t.page_program_s for run in runs
-    )
+    flash = sum(run.sectors * t.sector_erase_s + run.pages * t.page_program_s for run in runs)
     return round(wire + RESET_AND_SYNC_S, 4), round(max(wire, flash) + RESET_AND_SYNC_S, 4)
 
 

@@ -243,15 +243,16 @@ class BoardDeployer:
             runs = self._probe(esp, regions, out, verified_regions)
             out.phases["verify"] = time.monotonic() - t
 
-        if self.stub is not None:
-            stub = bool(runs) and self.stub
+        if not runs:
+            stub = False
+        elif self.stub is not None:
+            stub = self.stub
         elif sum(len(run.data) for run in runs) > 4 * STUB_BREAK_EVEN:
             stub = True  # far past the break-even: skip estimating (zlib of it all)
         else:
             sizes = compressed_sizes(runs)
-            stub = bool(runs) and estimate_s(
-                runs, stub=True, baud=self.baud, sizes=sizes
-            ) < estimate_s(runs, stub=False, baud=self.baud, sizes=sizes)
+            rom_s = estimate_s(runs, stub=False, baud=self.baud, sizes=sizes)
+            stub = estimate_s(runs, stub=True, baud=self.baud, sizes=sizes) < rom_s
         if runs:
             t = time.monotonic()
             if stub:

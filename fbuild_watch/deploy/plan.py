@@ -6,6 +6,7 @@ import zlib
 from dataclasses import dataclass
 
 SECTOR = 0x1000
+PAGE = 0x100
 BLOCK = 0x10000
 
 # Cost model for choosing ROM or stub (figures: LOOP.md "Virtual board timing",
@@ -35,6 +36,11 @@ class Run:
     @property
     def sectors(self) -> int:
         return -(-len(self.data) // SECTOR)
+
+    @property
+    def pages(self) -> int:
+        """256-byte flash pages programmed."""
+        return -(-len(self.data) // PAGE)
 
 
 def sector_runs(region: str, offset: int, new: bytes, base: bytes | None) -> list[Run]:
@@ -90,7 +96,7 @@ def estimate_s(runs: list[Run], *, stub: bool, baud: int, sizes: list[int] | Non
         sent = wire_bytes(len(run.data), comp, block)
         blocks = -(-sent // block)
         erase = run.sectors * SECTOR_ERASE_S
-        program = -(-len(run.data) // 256) * PAGE_PROGRAM_S
+        program = run.pages * PAGE_PROGRAM_S
         wire = wire_s(sent, baud)
         if stub:  # flash work overlaps the wire; acks are immediate
             total += max(wire, erase + program) + 3 * COMMAND_S
