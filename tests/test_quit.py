@@ -18,9 +18,8 @@ from fbuild_watch.session import SessionOptions
 from fbuild_watch.sim.board import VirtualBoard
 from fbuild_watch.tui.app import WatchApp
 from fbuild_watch.views.lines import LineMode
-from tests.examplekit import copy_example
 from tests.simkit import new_board
-from tests.test_tui import events, log_text, status, wait_until
+from tests.test_tui import events, example_project, log_text, status, wait_until, watch_app
 
 
 def _held_board() -> VirtualBoard:
@@ -49,10 +48,9 @@ async def _until_exit(app: WatchApp, timeout: float = 30.0) -> None:
 
 
 async def test_tui_quit_finishes_the_deploy_first(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("FBUILD_CACHE_DIR", str(tmp_path / "cache"))
-    project = copy_example(tmp_path / "blink-c3")
+    project = example_project(tmp_path, monkeypatch)
     board = _held_board()
-    app = WatchApp(SessionOptions(project=project, ports=[f"sim://{board.name}"]))
+    app = watch_app(project, board)
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_until(pilot, board.faults.held.is_set, timeout=60)
         await pilot.press("ctrl+c")
@@ -68,10 +66,9 @@ async def test_tui_quit_finishes_the_deploy_first(tmp_path: Path, monkeypatch) -
 
 
 async def test_tui_second_quit_aborts_and_reports_the_flash(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("FBUILD_CACHE_DIR", str(tmp_path / "cache"))
-    project = copy_example(tmp_path / "blink-c3")
+    project = example_project(tmp_path, monkeypatch)
     board = _held_board()
-    app = WatchApp(SessionOptions(project=project, ports=[f"sim://{board.name}"]))
+    app = watch_app(project, board)
     try:
         async with app.run_test(size=(140, 40)) as pilot:
             await wait_until(pilot, board.faults.held.is_set, timeout=60)
@@ -119,9 +116,8 @@ def test_line_mode_ctrl_c_during_a_deploy(
     capsys: pytest.CaptureFixture[str],
     signals: int,
 ) -> None:
-    monkeypatch.setenv("FBUILD_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
-    project = copy_example(tmp_path / "blink-c3")
+    project = example_project(tmp_path, monkeypatch)
     board = _held_board()
     code = _run_line_mode(project, board, signals)
     out = [
@@ -143,10 +139,9 @@ def test_line_mode_ctrl_c_during_a_deploy(
 
 async def test_ctrl_t_chords(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """esp-idf-monitor's Ctrl+T Ctrl+R (reset) and Ctrl+T Ctrl+F (full flash)."""
-    monkeypatch.setenv("FBUILD_CACHE_DIR", str(tmp_path / "cache"))
-    project = copy_example(tmp_path / "blink-c3")
+    project = example_project(tmp_path, monkeypatch)
     board = new_board()
-    app = WatchApp(SessionOptions(project=project, ports=[f"sim://{board.name}"]))
+    app = watch_app(project, board)
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_until(pilot, lambda: "blink-c3 version 1.0.0" in log_text(app, board.name))
         deploys = len(events(app, "deploy_finished"))

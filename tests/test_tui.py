@@ -6,8 +6,11 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from fbuild_watch.events import Event
 from fbuild_watch.session import SessionOptions
+from fbuild_watch.sim.board import VirtualBoard
 from fbuild_watch.tui.app import WatchApp
 from fbuild_watch.tui.widgets import SerialLog, StatusLine
 from tests.examplekit import copy_example
@@ -38,11 +41,22 @@ def status(app: WatchApp) -> str:
     return str(app.query_one("#status", StatusLine).render())
 
 
-async def test_edit_build_deploy_and_keys(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def example_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str = "blink-c3"
+) -> Path:
+    """A private copy of the example, with a private verified-layout cache."""
     monkeypatch.setenv("FBUILD_CACHE_DIR", str(tmp_path / "cache"))
-    project = copy_example(tmp_path / "blink-c3")
+    return copy_example(tmp_path / name)
+
+
+def watch_app(project: Path, board: VirtualBoard) -> WatchApp:
+    return WatchApp(SessionOptions(project=project, ports=[f"sim://{board.name}"]))
+
+
+async def test_edit_build_deploy_and_keys(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    project = example_project(tmp_path, monkeypatch)
     board = new_board()
-    app = WatchApp(SessionOptions(project=project, ports=[f"sim://{board.name}"]))
+    app = watch_app(project, board)
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_until(pilot, lambda: "blink-c3 version 1.0.0" in log_text(app, board.name))
         first = events(app, "deploy_finished")[0]
@@ -106,12 +120,11 @@ async def test_edit_build_deploy_and_keys(tmp_path: Path, monkeypatch) -> None: 
 
 
 async def test_crash_is_decoded_to_main_c(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("FBUILD_CACHE_DIR", str(tmp_path / "cache"))
-    project = copy_example(tmp_path / "crash")
+    project = example_project(tmp_path, monkeypatch, "crash")
     toml = project / "fbuild.toml"
     toml.write_text(toml.read_text().replace('command = ["make"]', 'command = ["make", "CRASH=1"]'))
     board = new_board()
-    app = WatchApp(SessionOptions(project=project, ports=[f"sim://{board.name}"]))
+    app = watch_app(project, board)
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_until(pilot, lambda: bool(events(app, "crash")))
         crash = events(app, "crash")[0]
