@@ -27,7 +27,24 @@ class JsonLines:
         for line in self.proc.stdout:
             self.q.put(json.loads(line))
 
-    def expect(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 30) -> dict[str, Any]:
+    def index(self, pred: Callable[[dict[str, Any]], bool]) -> int:
+        """Position in `seen` of the first event matching `pred`."""
+        return next(i for i, e in enumerate(self.seen) if pred(e))
+
+    def expect(
+        self,
+        pred: Callable[[dict[str, Any]], bool],
+        timeout: float = 30,
+        *,
+        since: int | None = None,
+    ) -> dict[str, Any]:
+        """The next event matching `pred`; with `since`, one already seen
+        from that position on counts too (serial lines come from the reader
+        thread, events from the loop: their order is not fixed)."""
+        if since is not None:
+            for ev in self.seen[since:]:
+                if pred(ev):
+                    return ev
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()

@@ -27,6 +27,7 @@ def test_json_mode_with_stdin_commands(tmp_path: Path) -> None:
         assert (
             built["ok"] and isinstance(built["duration_ms"], float) and built["diagnostics"] == []
         )
+        built_at = ev.index(lambda e: e["type"] == "build_finished")
         dep = ev.expect(lambda e: e["type"] == "deploy_finished")
         assert dep["port"].startswith("sim://j") and dep["kind"] == "verify-probe"
         assert {
@@ -36,8 +37,10 @@ def test_json_mode_with_stdin_commands(tmp_path: Path) -> None:
             "duration_ms",
             "phases_ms",
         } <= set(dep)
+        # the boot log may reach stdout before deploy_finished does
         line = ev.expect(
-            lambda e: e["type"] == "serial_line" and "blink-c3 version 1.0.0" in e["text"]
+            lambda e: e["type"] == "serial_line" and "blink-c3 version 1.0.0" in e["text"],
+            since=built_at,
         )
         assert line["port"].startswith("sim://j") and isinstance(line["t"], float)
 
