@@ -30,6 +30,7 @@ from esptool.reset import ClassicReset, HardReset
 from textual import events
 
 from bench.common import ROOT, save, stats_ms
+from bench.deploy import cli_chip_info
 from fbuild_watch import sim
 from fbuild_watch.deploy.esplog import captured
 from fbuild_watch.events import Event
@@ -96,7 +97,9 @@ def _peer(project: Path, board: VirtualBoard) -> list[float]:
         port = serial.serial_for_url(url, baudrate=115200, timeout=0.05)
         with captured(lambda _m: None):
             ClassicReset(port, 0.05)()
-            esp = run_stub(detect_chip(port, 115200, "no-reset"))
+            esp = detect_chip(port, 115200, "no-reset")
+            cli_chip_info(esp)  # what the esptool CLI reads and prints on connect
+            esp = run_stub(esp)
             esp.change_baud(460800)
             attach_flash(esp)
             files = [(r.offset, r.data) for r in new.layout.regions]
@@ -207,11 +210,14 @@ def main() -> dict[str, Any]:
         k: round(statistics.median(c[k] for c in cycles if k in c), 1)
         for k in (
             "change_to_build_start",
+            "linked",  # build start -> ELF linked
+            "connected_ahead",  # build start -> board in its bootloader, synced
             "build",
-            "deploy",
+            "deploy",  # build end -> first boot byte after the hard reset
             "deploy_to_first_log",
             "save_to_first_log",
         )
+        if any(k in c for c in cycles)
     }
     pane = asyncio.run(_pane_throughput())
     ours, peer_stats = stats_ms(ours_s), stats_ms(peer)

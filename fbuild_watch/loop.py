@@ -23,10 +23,15 @@ from fbuild_watch.build.runner import BuildResult, BuildRun
 from fbuild_watch.errors import FbuildError
 from fbuild_watch.events import Event
 from fbuild_watch.image.layout import ValidatedLayout
+from fbuild_watch.image.linkkey import file_stamp, link_key
 from fbuild_watch.watch.state import WatchSet
 from fbuild_watch.watch.watcher import Watcher, state_path_for
 
 Emit = Callable[[Event], None]
+
+# How often the ELF is looked at while a build runs (one stat of one file):
+# the boards can be taken into their bootloaders as soon as it is linked.
+LINK_POLL_S = 0.003
 
 
 class Deployer(Protocol):
@@ -35,6 +40,14 @@ class Deployer(Protocol):
     async def deploy(self, layout: ValidatedLayout, *, full: bool, app_only: bool) -> bool: ...
 
     async def reset(self) -> None: ...
+
+    async def prepare(self, link_key: str) -> None:
+        """The build linked an ELF whose loadable bytes hash to `link_key`
+        and is now making its image: connect ahead to every board that
+        will need the serial link for it."""
+
+    async def release(self) -> None:
+        """No deploy follows a `prepare`: boards return to their apps."""
 
     def abort(self) -> None:
         """Interrupt deploys in progress (they then report `failed`)."""
@@ -91,6 +104,8 @@ class Loop:
         self._worker_waiting = False
         self._probe_task: asyncio.Future[None] | None = None
         self._deploy_fut: asyncio.Future[bool] | None = None
+        self._link_task: asyncio.Future[None] | None = None
+        self._preparing = False
 
     @property
     def deploying(self) -> bool:
@@ -230,11 +245,16 @@ class Loop:
 
         run = BuildRun(self.backend, on_line, pointers=self.ws.pointers)
         self._build_run = run
+        build = asyncio.ensure_future(asyncio.to_thread(run.run))
+        elf = self.backend.elf_path() if self.deployer is not None else None
+        if elf is not None:
+            self._link_task = asyncio.ensure_future(self._watch_link(elf, build, cycle))
         try:
-            result = await asyncio.to_thread(run.run)
+            result = await build
         finally:
             self._build_run = None
         cycle.build_end = time.monotonic()
+        await self._settle_link()
         cycle.timings["build"] = result.duration_s
         stale = self.generation != gen
         self.emit(
@@ -259,6 +279,51 @@ class Loop:
         elif not result.ok and not result.cancelled and not stale:
             self.built_generation = gen  # a failed build is not retried until something changes
         return result, gen, cycle
+
+    async def _watch_link(
+        self, elf: Path, build: asyncio.Future[BuildResult], cycle: Cycle
+    ) -> None:
+        """While the build runs: once it has linked an ELF with new loadable
+        bytes, let the deployer connect ahead (the image is still being made)."""
+        assert self.deployer is not None
+        before = file_stamp(elf)
+        while not build.done():
+            await asyncio.sleep(LINK_POLL_S)
+            stamp = file_stamp(elf)
+            if stamp is None or stamp == before:
+                continue
+            before = stamp
+            key = await asyncio.to_thread(link_key, elf)
+            if key is None or build.done():
+                continue  # not all written yet, or too late to gain anything
+            assert cycle.build_start is not None
+            cycle.timings["linked"] = time.monotonic() - cycle.build_start
+            self._preparing = True
+            try:
+                await self.deployer.prepare(key)
+            finally:
+                self._preparing = False
+            cycle.timings["connected_ahead"] = time.monotonic() - cycle.build_start
+            return
+
+    async def _settle_link(self) -> None:
+        """The build is over: a connect ahead in progress is waited for (the
+        deploy takes it over); a watch that saw nothing yet stops."""
+        task, self._link_task = self._link_task, None
+        if task is None or task.done():
+            return
+        if self._preparing:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+        else:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _release(self) -> None:
+        if self.deployer is not None:
+            with contextlib.suppress(Exception):
+                await self.deployer.release()
 
     def _save_state(self, build_fingerprint: str) -> None:
         with contextlib.suppress(OSError):
@@ -308,6 +373,10 @@ class Loop:
                             full=req.get("full", False),
                             app_only=req.get("app_only", False),
                         )
+                    elif not self._needs_build() and self._deploy_request is None:
+                        # failed (or superseded) after linking: nothing to
+                        # write, so no board stays in its bootloader
+                        await self._release()
                     self.emit(
                         Event(
                             "cycle_finished",
@@ -393,6 +462,8 @@ class Loop:
                 )
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._deploy_fut)
+            await self._settle_link()
+            await self._release()
             if self._saves:  # the next start relies on the saved state
                 await asyncio.gather(*self._saves, return_exceptions=True)
             stats = vars(self.watcher.stats) if self.watcher is not None else {}

@@ -47,6 +47,15 @@ class LineSplitter:
         self._buf = rest
         return lines
 
+    def flush(self) -> list[str]:
+        """The unfinished line, as a line of its own (the port is lent to
+        esptool: what comes next is a reset's boot log, not its rest)."""
+        rest, self._buf, self._cr = self._buf, b"", False
+        lines: list[str] = []
+        if rest:
+            self._emit(rest, lines)
+        return lines
+
     @staticmethod
     def _emit(raw: bytes, lines: list[str]) -> None:
         while len(raw) > MAX_LINE:

@@ -27,6 +27,7 @@ from fbuild_watch.deploy.simport import register_sim
 from fbuild_watch.deploy.trust import FlashCache, SessionTrust
 from fbuild_watch.events import Event
 from fbuild_watch.image.layout import ValidatedLayout
+from fbuild_watch.image.linkkey import link_key
 from fbuild_watch.loop import Loop
 from fbuild_watch.monitor import LineSplitter, LogFile
 from fbuild_watch.watch import Watcher, WatchOptions, WatchSet
@@ -70,8 +71,14 @@ class BoardSession:
         # The last deploy did not complete (failed, or the board was away):
         # when the port comes back, the last good build is deployed again.
         self.needs_deploy = False
+        # (image hash, link key of its ELF) of what the last deploy left on the board
+        self.held_link: tuple[str, str | None] | None = None
         self.conn = BoardConnection(
-            info, baud=session.opts.monitor_baud, on_data=self._on_data, on_state=self._on_state
+            info,
+            baud=session.opts.monitor_baud,
+            on_data=self._on_data,
+            on_state=self._on_state,
+            on_pause=self._on_pause,
         )
         cache = FlashCache() if session.opts.trust else None
         self.deployer = BoardDeployer(
@@ -80,6 +87,17 @@ class BoardSession:
             trust=SessionTrust(enabled=session.opts.trust),
             cache=cache,
         )
+
+    def needs_link(self, key: str) -> bool:
+        """Will a deploy of the ELF with this link key talk to the board?
+        Yes unless the board is trusted to hold an image of an ELF with the
+        same loadable bytes (then it most likely trust-skips)."""
+        if self.conn.port is None:
+            return False
+        trusted = self.deployer.effective_trust()
+        if trusted is None:
+            return True  # nothing trusted: the deploy probes the board
+        return self.held_link != (trusted.image_hash, key)
 
     def _on_state(self, state: str, message: str) -> None:
         self.session.emit_threadsafe(
@@ -90,6 +108,13 @@ class BoardSession:
         )
         if state == "connected" and self.needs_deploy:
             self.session.command_threadsafe("redeploy")
+
+    def _on_pause(self) -> None:
+        # A line cut off by a deploy ends here; glued to the boot log that
+        # follows it would read as the new firmware's first line.
+        lines = self.splitter.flush()
+        if lines:
+            self.session.on_serial(self.label, self.info.url, time.time(), lines)
 
     def _on_data(self, data: bytes, t: float) -> None:
         if self.log_file is not None:
@@ -128,6 +153,7 @@ class MultiDeployer:
 
     def __init__(self, session: WatchSession) -> None:
         self.session = session
+        self._ahead: list[BoardSession] = []  # boards connected ahead, not yet deployed
 
     async def deploy(self, layout: ValidatedLayout, *, full: bool, app_only: bool) -> bool:
         boards = self.session.boards
@@ -146,12 +172,16 @@ class MultiDeployer:
             return b.deployer.deploy(layout, full=full, app_only=app_only)
 
         outcomes = await asyncio.gather(*(asyncio.to_thread(run, b) for b in boards))
+        self._ahead = []
+        elf = layout.layout.elf
+        key = await asyncio.to_thread(link_key, elf) if elf is not None else None
         ok = True
         for b, o in zip(boards, outcomes, strict=True):
             if o.kind == "trust-skip" or not o.ok:
                 b.first_line_after = None  # no new firmware is going to print
             ok &= o.ok
             b.needs_deploy = not o.ok
+            b.held_link = (layout.image_hash, key) if o.ok else None
             emit(Event("deploy_finished", {"board": b.label, **o.as_dict()}))
         self.session.update_symbolizer(layout)
         return ok
@@ -167,6 +197,34 @@ class MultiDeployer:
                 return None
             await asyncio.sleep(0.005)
         return None
+
+    async def prepare(self, link_key: str) -> None:
+        boards = [b for b in self.session.boards if b.needs_link(link_key)]
+        if not boards:
+            return
+        self._ahead = boards
+
+        def connect(b: BoardSession) -> tuple[bool, float]:
+            t0 = time.monotonic()
+            return b.deployer.prepare(), time.monotonic() - t0
+
+        results = await asyncio.gather(*(asyncio.to_thread(connect, b) for b in boards))
+        for b, (ok, took) in zip(boards, results, strict=True):
+            self.session.emit(
+                Event(
+                    "connected_ahead",
+                    {
+                        "port": b.info.url,
+                        "board": b.label,
+                        "ok": ok,
+                        "duration_ms": round(took * 1000, 1),
+                    },
+                )
+            )
+
+    async def release(self) -> None:
+        boards, self._ahead = self._ahead, []
+        await asyncio.gather(*(asyncio.to_thread(b.deployer.release) for b in boards))
 
     def abort(self) -> None:
         for b in self.session.boards:

@@ -20,6 +20,9 @@ import os, pathlib, shutil, sys, time
 root = pathlib.Path(__file__).parent
 out = root / "build"
 out.mkdir(exist_ok=True)
+link = os.environ.get("LINK_ELF")
+if link:  # "links" the ELF first, then makes the image (after the gate)
+    shutil.copy(link, out / "app.elf")
 gate = os.environ.get("GATE")
 if gate:
     print("waiting for gate", flush=True)
@@ -37,14 +40,19 @@ print("built", n, flush=True)
 """
 
 
-def make_project(root: Path, firmware: Build, *, gate: Path | None = None) -> Path:
+def make_project(
+    root: Path, firmware: Build, *, gate: Path | None = None, link: bool = False
+) -> Path:
+    """`link`: the build writes the firmware's ELF before waiting at `gate`."""
     (root / "src").mkdir(parents=True)
     (root / "src" / "main.c").write_text("int main(void) { return 0; }\n")
     (root / "build.py").write_text(BUILD_PY)
     env = f'FW_DIR = "{firmware.dir}"' + (f', GATE = "{gate}"' if gate else "")
+    env += f', LINK_ELF = "{firmware.app_elf}"' if link else ""
+    elf = 'elf = "build/app.elf"\n' if link else ""
     (root / "fbuild.toml").write_text(
         f'[build]\ncommand = ["{sys.executable}", "build.py"]\n'
-        f'flasher_args = "build/flasher_args.json"\nenv = {{ {env} }}\n'
+        f'flasher_args = "build/flasher_args.json"\n{elf}env = {{ {env} }}\n'
         '[watch]\npaths = ["src"]\n'
     )
     return root
@@ -54,6 +62,8 @@ class FakeDeployer:
     def __init__(self) -> None:
         self.deploys: list[tuple[str, bool, bool]] = []
         self.resets = 0
+        self.prepared: list[str] = []  # link keys
+        self.releases = 0
 
     async def deploy(self, layout: ValidatedLayout, *, full: bool, app_only: bool) -> bool:
         self.deploys.append((layout.image_hash, full, app_only))
@@ -61,6 +71,12 @@ class FakeDeployer:
 
     async def reset(self) -> None:
         self.resets += 1
+
+    async def prepare(self, link_key: str) -> None:
+        self.prepared.append(link_key)
+
+    async def release(self) -> None:
+        self.releases += 1
 
     def abort(self) -> None:
         pass

@@ -3,6 +3,7 @@ lost, recovery from an interrupted write, and refusing unvalidated input."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
@@ -12,7 +13,10 @@ import pytest
 
 from fbuild_watch.build import detect_backend, run_build
 from fbuild_watch.deploy import BoardConnection, BoardDeployer, FlashCache, describe
+from fbuild_watch.events import Event
 from fbuild_watch.image.layout import ValidatedLayout
+from fbuild_watch.image.linkkey import link_key
+from fbuild_watch.session import MultiDeployer, SessionOptions, WatchSession
 from fbuild_watch.sim.board import VirtualBoard
 from fbuild_watch.sim.regs import ChipIdentity
 from tests.examplekit import copy_example
@@ -269,3 +273,150 @@ def test_cli_deploy_two_boards_in_parallel(
     outcomes = json.loads(capsys.readouterr().out)
     assert [o["kind"] for o in outcomes] == ["verify-probe", "verify-probe"]
     assert {o["port"] for o in outcomes} == {f"sim://{a.name}", f"sim://{b.name}"}
+
+
+# -- connecting ahead (the build is still making the image) ---------------------
+def held_in_bootloader(builds: Builds, tmp_path: Path) -> Rig:
+    """A board running v1 (trusted), then taken into its bootloader ahead of a deploy."""
+    r = rig(tmp_path)
+    assert r.dep.deploy(builds.v1).ok
+    assert r.dep.prepare()
+    return r
+
+
+def test_prepared_connection_is_used_by_the_next_deploy(builds: Builds, tmp_path: Path) -> None:
+    r = rig(tmp_path)
+    assert r.dep.deploy(builds.v1).ok
+    syncs, resets = r.board.counters.commands["SYNC"], r.board.counters.resets
+    assert r.dep.prepare()
+    assert r.board.counters.download_boots >= 1
+    assert r.board.counters.commands["SYNC"] == syncs + 1
+    mark = len(r.data)
+    o = r.dep.deploy(builds.v2)
+    assert o.ok and o.kind == "sector-delta", o.error
+    # no second bootloader entry: one reset into the ROM (ahead) + the hard reset
+    assert r.board.counters.commands["SYNC"] == syncs + 1
+    assert r.board.counters.resets == resets + 2 and o.resets == 2
+    assert {"connect", "setup", "connect_ahead", "write", "reset"} <= set(o.phases)
+    assert o.wire_bytes > 0 and flash_holds(r.board, builds.v2)
+    r.wait_for("blink-c3 version 1.0.1", mark)
+    r.conn.close()
+
+
+def test_release_returns_to_the_app_and_keeps_trust(builds: Builds, tmp_path: Path) -> None:
+    r = held_in_bootloader(builds, tmp_path)
+    boots = r.board.counters.app_boots
+    mark = len(r.data)
+    r.dep.release()  # e.g. the build failed after linking
+    r.wait_for("blink-c3 version 1.0.0", mark)
+    assert r.board.counters.app_boots == boots + 1 and flash_holds(r.board, builds.v1)
+    # our own reset: the board still holds what the session wrote
+    before = r.board.stats()["bytes_from_host"]
+    o = r.dep.deploy(builds.v1)
+    assert o.kind == "trust-skip" and o.resets == 0
+    assert r.board.stats()["bytes_from_host"] == before
+    r.dep.release()  # nothing held: no reset
+    assert r.board.counters.app_boots == boots + 1
+    r.conn.close()
+
+
+def test_prepared_then_identical_image_resets_into_the_app(builds: Builds, tmp_path: Path) -> None:
+    r = held_in_bootloader(builds, tmp_path)
+    mark = len(r.data)
+    o = r.dep.deploy(builds.v1)
+    assert o.kind == "trust-skip" and o.resets == 2  # into the ROM ahead, back into the app
+    assert any("connected ahead" in line for line in o.log)
+    r.wait_for("blink-c3 version 1.0.0", mark)
+    r.conn.close()
+
+
+def test_prepared_connection_lost_to_an_unplug(builds: Builds, tmp_path: Path) -> None:
+    r = held_in_bootloader(builds, tmp_path)
+    r.board.unplug()
+    r.board.replug()
+    # the held connection is stale (and trust is gone): connect afresh, probe
+    o = r.dep.deploy(builds.v2)
+    assert o.ok and o.kind == "verify-probe", o.error
+    assert flash_holds(r.board, builds.v2)
+    r.conn.close()
+
+
+def test_prepared_rom_connection_can_still_take_the_stub(builds: Builds, tmp_path: Path) -> None:
+    r = rig(tmp_path)
+    assert r.dep.deploy(builds.v1).ok
+    r.dep.stub = True  # as the cost model picks for a large delta
+    assert r.dep.prepare()
+    uploads = r.board.counters.stub_uploads
+    o = r.dep.deploy(builds.v2)
+    assert o.ok and o.stub_used, o.error
+    assert r.board.counters.stub_uploads == uploads + 1 and flash_holds(r.board, builds.v2)
+    r.conn.close()
+
+
+def test_reset_key_while_prepared(builds: Builds, tmp_path: Path) -> None:
+    r = held_in_bootloader(builds, tmp_path)
+    mark = len(r.data)
+    r.dep.reset()
+    r.wait_for("blink-c3 version 1.0.0", mark)
+    assert r.dep.deploy(builds.v1).kind == "trust-skip"
+    r.conn.close()
+
+
+def test_session_connects_ahead_only_when_the_loadable_bytes_differ(
+    builds: Builds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FBUILD_CACHE_DIR", str(tmp_path / "cache"))
+    board = new_board()
+    events: list[Event] = []
+    session = WatchSession(
+        SessionOptions(project=builds.project, ports=[f"sim://{board.name}"]),
+        events.append,
+        lambda *_a: None,
+    )
+    session.setup()
+    # the ELF on disk is v2's (the fixture built v2 last)
+    elf = builds.v2.layout.elf
+    assert elf is not None
+    key = link_key(elf)
+    assert key is not None
+
+    async def go() -> None:
+        session.open_boards()
+        deployer = MultiDeployer(session)
+        assert await deployer.deploy(builds.v2, full=False, app_only=False)
+        syncs = board.counters.commands["SYNC"]
+        # the same loadable bytes as what the board holds: no early reset
+        await deployer.prepare(key)
+        assert board.counters.commands["SYNC"] == syncs
+        assert not any(e.type == "connected_ahead" for e in events)
+        # other loadable bytes: into the bootloader now, the deploy takes it over
+        await deployer.prepare("another build")
+        ahead = [e for e in events if e.type == "connected_ahead"]
+        assert len(ahead) == 1 and ahead[0].data["ok"]
+        assert await deployer.deploy(builds.v1, full=False, app_only=False)
+        done = [e for e in events if e.type == "deploy_finished"][-1]
+        assert done.data["kind"] == "sector-delta" and "connect_ahead" in done.data["phases_ms"]
+        assert board.counters.commands["SYNC"] == syncs + 1
+        await deployer.release()  # nothing held any more: no reset
+        assert flash_holds(board, builds.v1)
+
+    try:
+        asyncio.run(go())
+    finally:
+        session.close()
+
+
+def test_an_idle_board_sleeps_instead_of_spinning(builds: Builds, tmp_path: Path) -> None:
+    """The example's delay_ms polls SYSTIMER (latch, then read): the virtual
+    board must turn that into real sleeps, or every idle board burns a host
+    core and slows the very builds the loop is timing."""
+    r = rig(tmp_path)
+    assert r.dep.deploy(builds.v1).ok
+    mark = len(r.data)
+    r.wait_for("counter 1", mark)
+    cpu = r.board._cpu
+    assert cpu is not None
+    naps = cpu.naps
+    r.wait_for("counter 2", mark)  # one 500 ms delay_ms later
+    assert cpu.naps - naps > 100
+    r.conn.close()

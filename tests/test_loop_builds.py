@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fbuild_watch.image.linkkey import link_key
 from tests.fwkit import Build
 from tests.loopkit import FakeDeployer, LoopRun, make_project
 
@@ -130,3 +131,32 @@ async def test_commands_rebuild_and_unknown(tmp_path: Path, firmware: Build) -> 
     assert "unknown command 'bogus'" in err.data["message"]
     await run.stop()
     assert deployer.deploys[-1][1] is True  # the full-flash request reached the deployer
+
+
+async def test_boards_are_connected_ahead_once_the_elf_is_linked(
+    tmp_path: Path, firmware: Build
+) -> None:
+    gate = tmp_path / "gate"
+    project = make_project(tmp_path / "p", firmware, gate=gate, link=True)
+    deployer = FakeDeployer()
+    run = LoopRun(project, deployer=deployer)
+    await run.start(startup_build=True)
+    # the ELF is there, the image is not (the build waits at its gate)
+    await run.until(lambda: bool(deployer.prepared))
+    assert deployer.prepared == [link_key(project / "build" / "app.elf")]
+    assert "build_finished" not in run.types()
+    gate.write_text("go")
+    cyc = await run.expect("cycle_finished")
+    assert {"linked", "connected_ahead"} <= set(cyc.data["timings_ms"])
+    assert len(deployer.deploys) == 1 and deployer.releases == 0
+
+    # a build that fails after linking: nothing is deployed, the boards are released
+    await _wait_watch_ready(run, project)
+    (project / "src" / "broken").write_text("x")
+    await run.until(lambda: len(deployer.prepared) == 2)
+    gate.write_text("go")
+    bad = await run.expect("build_finished")
+    assert not bad.data["ok"]
+    await run.until(lambda: deployer.releases == 1)
+    assert len(deployer.deploys) == 1
+    await run.stop()

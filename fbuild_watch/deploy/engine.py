@@ -16,17 +16,20 @@ reports `failed` with what is known to be on flash and clears trust.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from esptool.cmds import attach_flash, detect_chip, run_stub, write_flash
 from esptool.reset import ClassicReset, HardReset, UnixTightReset, USBJTAGSerialReset
 
-from fbuild_watch.deploy.connection import BoardConnection, ExclusiveUse
+from fbuild_watch.deploy.connection import READ_TIMEOUT_S, BoardConnection, ExclusiveUse
 from fbuild_watch.deploy.esplog import captured
 from fbuild_watch.deploy.outcome import DeployOutcome
 from fbuild_watch.deploy.plan import (
@@ -78,6 +81,21 @@ def _erased_md5(size: int) -> str:
     return _md5(b"\xff" * size)
 
 
+@dataclass
+class _Connected:
+    """A board held in its ROM bootloader by `prepare`, ready for a write:
+    synced, at the flashing baud, flash attached."""
+
+    stack: contextlib.ExitStack  # holds the port (reader paused)
+    use: ExclusiveUse
+    esp: Any
+    identity: str
+    disconnects: int  # the connection's disconnect count when it was made
+    resets: int
+    phases: dict[str, float]
+    log: list[str] = field(default_factory=list)
+
+
 def _add_run(runs: list[Run], run: Run) -> None:
     """Append, merging with the previous run when the two touch."""
     if runs and runs[-1].offset + len(runs[-1].data) == run.offset:
@@ -109,6 +127,75 @@ class BoardDeployer:
         # identity -> JEDEC flash ID, for chips whose flash esptool probed this session
         self._flash_ids: dict[str, int] = {}
         self._aborting = False
+        # prepare/deploy/reset/release run on worker threads; one at a time
+        self._lock = threading.Lock()
+        self._connected: _Connected | None = None
+        self._maybe_in_bootloader = False  # a prepare failed half way
+
+    # ------------------------------------------------------------------------
+    def prepare(self) -> bool:
+        """Enter the bootloader and connect now, ahead of a deploy that is
+        known to need the serial link (the build is still producing the
+        image): reset into the ROM, sync, read the MAC, raise the baud,
+        attach the flash. The next `deploy` starts writing at once;
+        `release` resets the board into its app if no deploy follows.
+        False if the board is not there or the connect failed (the deploy
+        then connects as usual)."""
+        with self._lock:
+            if self._connected is not None:
+                return True
+            if self._aborting or self.conn.port is None:
+                return False
+            t0 = time.monotonic()
+            out = DeployOutcome(port=self.conn.url)
+            stack = contextlib.ExitStack()
+            try:
+                with captured(out.log.append):
+                    use = stack.enter_context(self.conn.exclusive(timeout=1.0))
+                    self._maybe_in_bootloader = True
+                    esp, identity = self._connect(use, out, raise_baud=True)
+                    t = time.monotonic()
+                    esp = self._setup(esp, identity, stub=False)
+                    out.phases["setup"] = time.monotonic() - t
+            except Exception as exc:
+                stack.close()
+                self.log(f"{self.conn.url}: early connect failed ({exc}); the deploy connects")
+                return False
+            self._connected = _Connected(
+                stack,
+                use,
+                esp,
+                identity,
+                len(self.conn.disconnects),
+                out.resets,
+                {**out.phases, "connect_ahead": time.monotonic() - t0},
+                out.log,
+            )
+            return True
+
+    def release(self) -> None:
+        """No deploy followed a `prepare` (the build failed or produced what
+        the board holds): reset the board into its app."""
+        with self._lock:
+            held = self._take_connected()
+            if held is not None:
+                self._reset_into_app(held.use)
+                held.stack.close()
+            elif self._maybe_in_bootloader:
+                self._maybe_in_bootloader = False
+                with contextlib.suppress(Exception), self.conn.exclusive() as use:
+                    self._reset_into_app(use)
+
+    def _take_connected(self) -> _Connected | None:
+        """The prepared connection if it is still good (no disconnect since)."""
+        held, self._connected = self._connected, None
+        if held is not None and (
+            len(self.conn.disconnects) != held.disconnects
+            or self.conn.port is not held.use.port._port
+        ):
+            held.stack.close()
+            return None
+        return held
 
     # ------------------------------------------------------------------------
     def deploy(
@@ -123,26 +210,50 @@ class BoardDeployer:
             for r in layout.layout.regions
             if not app_only or r.name == APP or r.name.startswith(APP + ":")
         ]
-        if full:
-            self.trust.clear("full flash requested")
-        trusted = self.effective_trust()
-        if trusted is not None and all(trusted.regions.get(r.offset) == r.data for r in regions):
-            out.kind = "trust-skip"
-            out.identity = trusted.identity
-            out.regions_skipped = [r.name for r in regions]
+        with self._lock:
+            if full:
+                self.trust.clear("full flash requested")
+            trusted = self.effective_trust()  # first: it notices a port that went away
+            held = self._take_connected()
+            if trusted is not None and all(
+                trusted.regions.get(r.offset) == r.data for r in regions
+            ):
+                out.kind = "trust-skip"
+                out.identity = trusted.identity
+                out.regions_skipped = [r.name for r in regions]
+                if held is not None:  # connected ahead for nothing: back into the app
+                    out.log.append("connected ahead of an image the board already holds")
+                    self._reset_into_app(held.use)
+                    held.stack.close()
+                    out.resets += held.resets + 1
+                out.duration_s = time.monotonic() - t0
+                return out
+            try:
+                if self._aborting:
+                    raise RuntimeError("aborted before it started")
+                with contextlib.ExitStack() as stack, captured(out.log.append):
+                    if held is not None:
+                        stack.push(held.stack)
+                        use = held.use
+                        out.log[:0] = held.log
+                        out.resets += held.resets
+                        out.phases.update(held.phases)
+                    else:
+                        use = stack.enter_context(self.conn.exclusive())
+                    self._deploy_connected(
+                        use=use,
+                        layout=layout,
+                        regions=regions,
+                        trusted=trusted,
+                        full=full,
+                        out=out,
+                        held=held,
+                    )
+            except Exception as exc:  # esptool FatalError, serial errors, ...
+                self._failed(out, exc)
+            self._maybe_in_bootloader = False
             out.duration_s = time.monotonic() - t0
             return out
-        try:
-            if self._aborting:
-                raise RuntimeError("aborted before it started")
-            with captured(out.log.append), self.conn.exclusive() as use:
-                self._deploy_connected(
-                    use=use, layout=layout, regions=regions, trusted=trusted, full=full, out=out
-                )
-        except Exception as exc:  # esptool FatalError, serial errors, ...
-            self._failed(out, exc)
-        out.duration_s = time.monotonic() - t0
-        return out
 
     def effective_trust(self) -> TrustedImage | None:
         """What the next deploy will trust (clearing trust that no longer holds)."""
@@ -199,6 +310,54 @@ class BoardDeployer:
                 last = exc
         raise last if last else RuntimeError("cannot connect")
 
+    def _connect(
+        self, use: ExclusiveUse, out: DeployOutcome, *, raise_baud: bool = False
+    ) -> tuple[Any, str]:
+        """Into the ROM bootloader, synced; returns esptool's loader and the MAC.
+        `raise_baud`: switch to the flashing baud right after the sync (when
+        the ROM, not the stub, is going to be used)."""
+        t = time.monotonic()
+        esp = self._enter_bootloader(use, out)
+        # esptool's own recovery from a lost link closes the port and reopens
+        # it for 7 s; we own the port, so that cannot work. Fail at once: the
+        # outcome says "failed", trust is cleared, and the session redeploys
+        # when the board is back.
+        esp.WRITE_FLASH_ATTEMPTS = 1
+        if raise_baud and self.baud != ROM_BAUD:
+            esp.change_baud(self.baud)
+        identity = ":".join(f"{b:02x}" for b in esp.read_mac())
+        out.identity = identity
+        self.identity = identity
+        out.phases["connect"] = time.monotonic() - t
+        return esp, identity
+
+    def _setup(self, esp: Any, identity: str, *, stub: bool) -> Any:
+        """Stub (optional), flashing baud, flash attached."""
+        if stub:
+            if not esp.IS_STUB and esp._port.baudrate != ROM_BAUD:
+                # connected ahead at the flashing baud: the stub is uploaded at
+                # the ROM's baud, as esptool does (LOOP.md, "Choosing ROM or stub")
+                esp.change_baud(ROM_BAUD)
+            esp = run_stub(esp)
+            esp.WRITE_FLASH_ATTEMPTS = 1
+        if self.baud not in (ROM_BAUD, esp._port.baudrate):
+            esp.change_baud(self.baud)  # first: the set-up commands then go faster too
+        if identity in self._flash_ids:
+            # esptool's full attach probes the flash (XMC start-up fix, SFDP,
+            # flash reset, ID: ~60 register commands), and write_flash reads
+            # the ID again to size the flash (~12 more, ~60 ms at 460800).
+            # The flash is soldered to the chip this MAC names: once per
+            # session is enough.
+            if not esp.IS_STUB and not esp.cache.get("attached"):
+                esp.flash_spi_attach(0)
+                esp.cache["attached"] = True
+            esp.cache["flash_id"] = self._flash_ids[identity]
+        else:
+            attach_flash(esp)
+            esp.cache["attached"] = True
+            self._flash_ids[identity] = esp.flash_id()
+        return esp
+
     def _deploy_connected(
         self,
         *,
@@ -208,18 +367,13 @@ class BoardDeployer:
         trusted: TrustedImage | None,
         full: bool,
         out: DeployOutcome,
+        held: _Connected | None,
     ) -> None:
-        t = time.monotonic()
-        esp = self._enter_bootloader(use, out)
-        # esptool's own recovery from a lost link closes the port and reopens
-        # it for 7 s; we own the port, so that cannot work. Fail at once: the
-        # outcome says "failed", trust is cleared, and the session redeploys
-        # when the board is back.
-        esp.WRITE_FLASH_ATTEMPTS = 1
-        identity = ":".join(f"{b:02x}" for b in esp.read_mac())
-        out.identity = identity
-        self.identity = identity
-        out.phases["connect"] = time.monotonic() - t
+        if held is not None:
+            esp, identity = held.esp, held.identity
+            out.identity = self.identity = identity
+        else:
+            esp, identity = self._connect(use, out)
         if trusted is not None and trusted.identity != identity:
             self.trust.clear("a different chip answered on this port")
             trusted = None
@@ -255,25 +409,13 @@ class BoardDeployer:
             stub = estimate_s(runs, stub=True, baud=self.baud, sizes=sizes) < rom_s
         if runs:
             t = time.monotonic()
+            if stub or held is None:
+                esp = self._setup(esp, identity, stub=stub)
             if stub:
-                esp = run_stub(esp)
-                esp.WRITE_FLASH_ATTEMPTS = 1
                 out.stub_used = True
-            if self.baud != ROM_BAUD:
-                esp.change_baud(self.baud)  # first: the set-up commands then go faster too
-            if identity in self._flash_ids:
-                # esptool's full attach probes the flash (XMC start-up fix, SFDP,
-                # flash reset, ID: ~60 register commands), and write_flash reads
-                # the ID again to size the flash (~12 more, ~60 ms at 460800).
-                # The flash is soldered to the chip this MAC names: once per
-                # session is enough.
-                if not esp.IS_STUB:
-                    esp.flash_spi_attach(0)
-                esp.cache["flash_id"] = self._flash_ids[identity]
-            else:
-                attach_flash(esp)
-                self._flash_ids[identity] = esp.flash_id()
-            out.phases["stub" if stub else "setup"] = time.monotonic() - t
+                out.phases["stub"] = time.monotonic() - t
+            elif held is None:
+                out.phases["setup"] = time.monotonic() - t
             t = time.monotonic()
             self.trust.clear("write in progress")
             out.flash_state = "writing"
@@ -317,15 +459,10 @@ class BoardDeployer:
             )
 
         # -- reset into the app, reading from the first byte ---------------------
-        t = time.monotonic()
-        use.port.baudrate = self.conn.baud
-        use.port.timeout = 0.05
-        before = self.conn.last_data_at
         out.wire_bytes_sent, out.wire_bytes_received = use.port.sent, use.port.received
-        use.resume()
-        self.trust.note_own_reset()
-        self.conn.expect_reenumeration()
-        HardReset(use.port._port, uses_usb=self.conn.info.usb_jtag)()
+        t = time.monotonic()
+        before = self.conn.last_data_at
+        self._reset_into_app(use)
         out.resets += 1
         reset_at = time.monotonic()
         out.phases["reset"] = reset_at - t
@@ -335,6 +472,17 @@ class BoardDeployer:
             time.sleep(0.002)
         if self.conn.last_data_at > before:
             out.phases["first_boot_byte"] = max(0.0, self.conn.last_data_at - reset_at)
+
+    def _reset_into_app(self, use: ExclusiveUse) -> None:
+        """Hard reset into the app with the reader already resumed, so the
+        boot log is read from its first byte."""
+        use.port.baudrate = self.conn.baud
+        use.port.timeout = READ_TIMEOUT_S
+        use.port.dtr = False  # IO0 high: boot the app (EN follows RTS only while DTR is off)
+        use.resume()
+        self.trust.note_own_reset()
+        self.conn.expect_reenumeration()
+        HardReset(use.port._port, uses_usb=self.conn.info.usb_jtag)()
 
     # ------------------------------------------------------------------------
     def _probe(
@@ -391,10 +539,12 @@ class BoardDeployer:
 
     def reset(self) -> None:
         """Reset the board into its app (the `r` key); the reader keeps reading."""
-        with self.conn.exclusive() as use:
-            use.port.baudrate = self.conn.baud
-            use.port.dtr = False  # IO0 high: boot the app (EN follows RTS only while DTR is off)
-            use.resume()
-            self.trust.note_own_reset()
-            self.conn.expect_reenumeration()
-            HardReset(use.port._port, uses_usb=self.conn.info.usb_jtag)()
+        with self._lock:
+            held = self._take_connected()
+            self._maybe_in_bootloader = False
+            if held is not None:
+                self._reset_into_app(held.use)
+                held.stack.close()
+                return
+            with self.conn.exclusive() as use:
+                self._reset_into_app(use)

@@ -21,7 +21,7 @@ STUB_COMMANDS = 7
 ROM_BLOCK = 0x400
 STUB_BLOCK = 0x4000
 # Measured on the virtual board at 460800 baud (BENCHMARKS.md, "ROM or stub"):
-# for incompressible data the stub starts to win between 64 and 96 KiB.
+# for incompressible data the two are even at 64 KiB (the ROM wins up to 48).
 STUB_BREAK_EVEN = 64 * 1024
 
 

@@ -172,6 +172,7 @@ class Cpu:
         self.gpio_enable = 0
         self._latched = 0
         self._polls = 0
+        self.naps = 0  # busy-wait polls turned into real sleeps (host CPU spared)
         self._fault: tuple[int, int] | None = None  # (mcause, mtval)
         self._reset_requested = False
         self.stop_requested = False  # set by the board (EN low, reset): leave the slice early
@@ -241,6 +242,7 @@ class Cpu:
                 # A busy-wait on the timer: let real time pass instead of
                 # burning a host core (the firmware sees the same clock).
                 self._polls = 0
+                self.naps += 1
                 time.sleep(NAP_S)
             if addr == SYSTIMER + SYSTIMER_LO:
                 return self._latched & 0xFFFFFFFF
@@ -267,13 +269,14 @@ class Cpu:
         addr = PERIPH_BASE + offset
         if self.stop_requested:
             uc.emu_stop()
+        if addr == SYSTIMER + SYSTIMER_OP:
+            # latching the timer is part of a busy-wait's poll, not other work
+            if value & SYSTIMER_UPDATE:
+                self._latched = int(self.host.clock_s() * SYSTIMER_HZ)
+            return
         self._polls = 0
         if addr == UART0 + UART_FIFO or addr == USB_JTAG + USB_EP1:
             self.host.uart_tx(value & 0xFF)
-            return
-        if addr == SYSTIMER + SYSTIMER_OP:
-            if value & SYSTIMER_UPDATE:
-                self._latched = int(self.host.clock_s() * SYSTIMER_HZ)
             return
         if GPIO <= addr < GPIO + 0x30:
             self._gpio_write(addr - GPIO, value)

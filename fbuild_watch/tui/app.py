@@ -178,7 +178,9 @@ class WatchApp(App[int]):
                 self.exit_report.append(f"{d['board']}: deploy {d['summary']}{state}")
         elif ev.type == "cycle_finished":
             ms = d.get("timings_ms", {})
-            self._timings = " ".join(f"{k.replace('_', ' ')} {v:.0f}ms" for k, v in ms.items())
+            self._timings = " ".join(
+                f"{k.replace('_', ' ')} {v:.0f}ms" for k, v in ms.items() if k != "linked"
+            )
         elif ev.type == "crash":
             log = self._log_widget(d["board"])
             if log is not None:

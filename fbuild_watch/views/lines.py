@@ -119,6 +119,10 @@ def human(ev: Event) -> str | None:
         return None
     if t == "reset":
         return f"[{d['board']}] reset"
+    if t == "connected_ahead":
+        if d["ok"]:
+            return f"[{d['board']}] deploy: in the bootloader while the image is made"
+        return f"[{d['board']}] deploy: could not connect ahead; connecting after the build"
     return None
 
 
