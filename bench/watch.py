@@ -142,7 +142,7 @@ def _fast_project(root: Path) -> Path:
 async def _save_to_build_start(project: Path, edits: int) -> list[float]:
     backend = detect_backend(project)
     ws = WatchSet(project, IgnoreRules(project, output_dirs=backend.output_dirs()), paths=["src"])
-    watcher = Watcher(ws, WatchOptions(quiet_ms=30))
+    watcher = Watcher(ws, WatchOptions())  # the default quiet period
     q: asyncio.Queue[Event] = asyncio.Queue()
     loop = Loop(backend, ws, watcher, q.put_nowait)
     task = asyncio.ensure_future(loop.run(startup_build=True))
@@ -232,7 +232,7 @@ async def _git_checkout_builds(n: int) -> dict[str, Any]:
 
         backend = detect_backend(root)
         ws = WatchSet(root, IgnoreRules(root, output_dirs=backend.output_dirs()), paths=["src"])
-        watcher = Watcher(ws, WatchOptions(quiet_ms=40))
+        watcher = Watcher(ws, WatchOptions())
         events: list[Event] = []
         q: asyncio.Queue[Event] = asyncio.Queue()
 

@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="queue",
         help="changes during a build: one more build after it (queue) or restart it",
     )
-    watch.add_argument("--debounce-ms", type=int, help="quiet period before a build (default 40)")
+    watch.add_argument("--debounce-ms", type=int, help="quiet period before a build (default 30)")
     watch.add_argument(
         "--no-trust",
         action="store_true",

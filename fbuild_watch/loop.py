@@ -246,7 +246,7 @@ class Loop:
         run = BuildRun(self.backend, on_line, pointers=self.ws.pointers)
         self._build_run = run
         build = asyncio.ensure_future(asyncio.to_thread(run.run))
-        elf = self.backend.elf_path() if self.deployer is not None else None
+        elf = self._elf_path() if self.deployer is not None else None
         if elf is not None:
             self._link_task = asyncio.ensure_future(self._watch_link(elf, build, cycle))
         try:
@@ -279,6 +279,12 @@ class Loop:
         elif not result.ok and not result.cancelled and not stale:
             self.built_generation = gen  # a failed build is not retried until something changes
         return result, gen, cycle
+
+    def _elf_path(self) -> Path | None:
+        try:
+            return self.backend.elf_path()
+        except FbuildError:  # e.g. a malformed platformio.ini: the build will say so
+            return None
 
     async def _watch_link(
         self, elf: Path, build: asyncio.Future[BuildResult], cycle: Cycle

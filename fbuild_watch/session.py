@@ -300,7 +300,7 @@ class WatchSession:
         self.set_log_file(self.opts.log_file)
         ws = WatchSet(backend.project_dir, backend.ignore_rules(), paths=backend.watch_paths())
         quiet = self.opts.quiet_ms or (
-            cfg.debounce_ms if cfg and cfg.debounce_ms is not None else 40
+            cfg.debounce_ms if cfg and cfg.debounce_ms is not None else 30
         )
         watcher = Watcher(
             ws,

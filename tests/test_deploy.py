@@ -325,6 +325,7 @@ def test_prepared_then_identical_image_resets_into_the_app(builds: Builds, tmp_p
     mark = len(r.data)
     o = r.dep.deploy(builds.v1)
     assert o.kind == "trust-skip" and o.resets == 2  # into the ROM ahead, back into the app
+    assert o.summary() == "skipped: board already holds this image (it was reset)"
     assert any("connected ahead" in line for line in o.log)
     r.wait_for("blink-c3 version 1.0.0", mark)
     r.conn.close()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
 
-from fbuild_watch.deploy import ports
+from fbuild_watch.deploy import BoardConnection, describe, ports
 from fbuild_watch.errors import RuntimeFailure
+from tests.simkit import new_board, open_port, read_until
 
 
 def _fake(device: str, vid: int | None, pid: int | None) -> SimpleNamespace:
@@ -85,3 +88,38 @@ def test_deploy_to_missing_port_is_one_line_error(tmp_path) -> None:  # type: ig
                           str(project)], capture_output=True, text=True, timeout=60)  # fmt: skip
     assert res.returncode == 1
     assert res.stderr.strip().count("\n") == 0 and "/dev/does-not-exist" in res.stderr
+
+
+def test_cancel_read_like_pyserial_posix() -> None:
+    board = new_board()
+    port = open_port(board, timeout=5)
+    board.reset(download=True)  # then quiet, waiting for a command
+    read_until(port, r"waiting for download")
+    port.reset_input_buffer()
+    # a blocked read returns at once when cancelled from another thread
+    timer = threading.Timer(0.05, port.cancel_read)
+    timer.start()
+    t0 = time.monotonic()
+    assert port.read(1) == b""
+    assert time.monotonic() - t0 < 2
+    # a cancel with no read in progress cuts the next read short ...
+    port.cancel_read()
+    t0 = time.monotonic()
+    assert port.read(1) == b"" and time.monotonic() - t0 < 2
+    # ... unless it is cleared first (what a deploy does once the reader paused)
+    port.cancel_read()
+    port.clear_cancel_read()  # type: ignore[attr-defined]
+    port.timeout = 0.2
+    t0 = time.monotonic()
+    assert port.read(1) == b"" and time.monotonic() - t0 >= 0.15
+    port.close()
+
+
+def test_pausing_the_reader_leaves_no_pending_cancel() -> None:
+    board = new_board()
+    conn = BoardConnection(describe(f"sim://{board.name}"))
+    conn.open()
+    for _ in range(20):  # the reader is caught in and between reads
+        with conn.exclusive() as use:
+            assert not use.port._port._cancel.is_set()
+    conn.close()

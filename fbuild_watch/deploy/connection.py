@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,9 +28,8 @@ log = logging.getLogger(__name__)
 
 REOPEN_INTERVAL_S = 0.25
 FAST_REOPEN_S = 0.01  # right after our own reset a USB re-enumeration is expected
-# The reader's read timeout: how long a deploy may wait for the reader to
-# pause (it sits in read() on a quiet line). 100 empty wake-ups a second cost
-# ~0.2% of a core; 50 ms made every deploy wait 25 ms on average.
+# The reader's read timeout. A deploy interrupts the read (cancel_read) where
+# the port supports it; elsewhere (rfc2217, socket) this bounds its wait.
 READ_TIMEOUT_S = 0.01
 
 
@@ -245,8 +245,11 @@ class BoardConnection:
                 raise RuntimeFailure(f"{self.url}: board not connected")
         self._go.clear()
         self._pause_req.set()
+        port = self.port
         if self._thread is not None and self._thread.is_alive():
+            _interrupt_read(port)  # the reader may sit in read() for READ_TIMEOUT_S
             self._paused.wait(timeout)
+            _clear_interrupt(port)
         use = ExclusiveUse(self)
         try:
             yield use
@@ -256,6 +259,26 @@ class BoardConnection:
     def resume(self) -> None:
         self._pause_req.clear()
         self._go.set()
+
+
+def _interrupt_read(port: Any) -> None:
+    cancel = getattr(port, "cancel_read", None)
+    if callable(cancel):
+        with contextlib.suppress(Exception):
+            cancel()
+
+
+def _clear_interrupt(port: Any) -> None:
+    """A cancel that found no read in progress stays pending and would cut
+    esptool's first read short: consume it, now that the reader is paused
+    (pyserial's POSIX abort pipe; the virtual board's flag; Windows keeps none)."""
+    fd = getattr(port, "pipe_abort_read_r", None)
+    if isinstance(fd, int):
+        with contextlib.suppress(OSError):
+            os.read(fd, 1000)
+    clear = getattr(port, "clear_cancel_read", None)
+    if callable(clear):
+        clear()
 
 
 class ExclusiveUse:

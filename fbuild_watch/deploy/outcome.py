@@ -39,6 +39,8 @@ class DeployOutcome:
     def summary(self) -> str:
         """One line in words, for the status bar and plain mode."""
         if self.kind == "trust-skip":
+            if self.resets:  # connected ahead of an image the board already held
+                return "skipped: board already holds this image (it was reset)"
             return "skipped: board already runs this image"
         if self.kind == "failed":
             return f"failed: {self.error}"

@@ -233,11 +233,22 @@ class VirtualBoard:
             self._inbox += data
             self._wake.notify_all()
 
-    def host_read(self, epoch: int, size: int, timeout: float | None) -> bytes:
+    def host_read(
+        self,
+        epoch: int,
+        size: int,
+        timeout: float | None,
+        cancel: threading.Event | None = None,
+    ) -> bytes:
+        """`cancel` set: return what is there now (pyserial's cancel_read; a
+        cancel with no read in progress cuts the next read short, as on POSIX)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while True:
                 self._check_link(epoch)
+                if cancel is not None and cancel.is_set() and not self._rx:
+                    cancel.clear()
+                    return b""
                 if self._rx:
                     chunk = bytes(self._rx[:size])
                     del self._rx[:size]
@@ -248,6 +259,10 @@ class VirtualBoard:
                 if remaining is not None and remaining <= 0:
                     return b""
                 self._rx_cond.wait(remaining if remaining is not None else 0.25)
+
+    def wake_host_readers(self) -> None:
+        with self._lock:
+            self._rx_cond.notify_all()
 
     def host_in_waiting(self, epoch: int) -> int:
         with self._lock:

@@ -25,6 +25,16 @@ MAX_PANE_LINES = 20_000
 FLUSH_HZ = 30
 
 
+# The cycle's phases on the status line, short enough for one 100-column line
+# (the JSON view has the full names).
+_TIMING_LABELS = {
+    "change_to_build_start": "quiet",
+    "connected_ahead": "connected ahead",
+    "deploy_to_first_log": "boot",
+    "save_to_first_log": "save→log",
+}
+
+
 class WatchApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "fbuild watch"
@@ -178,8 +188,10 @@ class WatchApp(App[int]):
                 self.exit_report.append(f"{d['board']}: deploy {d['summary']}{state}")
         elif ev.type == "cycle_finished":
             ms = d.get("timings_ms", {})
-            self._timings = " ".join(
-                f"{k.replace('_', ' ')} {v:.0f}ms" for k, v in ms.items() if k != "linked"
+            self._timings = "  ".join(
+                f"{_TIMING_LABELS.get(k, k.replace('_', ' '))} {v:.0f}ms"
+                for k, v in ms.items()
+                if k != "linked"
             )
         elif ev.type == "crash":
             log = self._log_widget(d["board"])

@@ -30,7 +30,7 @@ COOKIE_PREFIX = ".fbuild-cookie-"  # events and releases to stderr, for debuggin
 
 @dataclass(frozen=True)
 class WatchOptions:
-    quiet_ms: int = 40
+    quiet_ms: int = 30
     max_wait_ms: int = 1000
     idle_rescan_s: float = 180.0  # heals silent misses (kernel queue overflow, watch limit)
     # prove the event source is alive (Watchman's cookie files) and sweep the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import threading
 from typing import Any
 
 import serial
@@ -17,6 +18,7 @@ class Serial(SerialBase):
 
     board: VirtualBoard | None = None
     _epoch = -1
+    _cancel: threading.Event | None = None
 
     def open(self) -> None:
         if self.port is None:
@@ -39,6 +41,7 @@ class Serial(SerialBase):
                 errno.EBUSY, f"could not open port {self.port}: [Errno 16] Device or resource busy"
             ) from None
         self.board = board
+        self._cancel = threading.Event()
         self.is_open = True
         self._reconfigure_port()
         self._update_dtr_state()
@@ -73,7 +76,7 @@ class Serial(SerialBase):
         timeout = self.timeout
         try:
             while len(out) < size:
-                chunk = board.host_read(self._epoch, size - len(out), timeout)
+                chunk = board.host_read(self._epoch, size - len(out), timeout, self._cancel)
                 if not chunk:
                     break
                 out += chunk
@@ -86,6 +89,18 @@ class Serial(SerialBase):
                 "(device disconnected or multiple access on port?)"
             ) from None
         return bytes(out)
+
+    def cancel_read(self) -> None:
+        """Like pyserial's POSIX port: a blocked read returns now; with no
+        read in progress, the next one returns at once."""
+        if self._cancel is not None and self.board is not None:
+            self._cancel.set()
+            self.board.wake_host_readers()
+
+    def clear_cancel_read(self) -> None:
+        """Forget a cancel no read has consumed (POSIX: drain the abort pipe)."""
+        if self._cancel is not None:
+            self._cancel.clear()
 
     def write(self, data: Any) -> int:
         board = self._board()
