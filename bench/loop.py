@@ -68,11 +68,21 @@ async def _ours(project: Path, board: VirtualBoard, cache: Path) -> list[dict[st
     version = project / "src" / "version.h"
     cycles = []
     for i in range(EDITS):
+        written = time.monotonic()  # the clock starts at the write, as for the peer
         version.write_text(f'#define APP_VERSION "2.0.{i}"\n')
         ev = await expect(
             lambda e: e.type == "cycle_finished" and e.data.get("save_to_first_log_ms") is not None
         )
-        cycles.append(ev.data["timings_ms"])
+        first_line = session.boards[0].first_app_line_at
+        assert first_line is not None
+        timings = dict(ev.data["timings_ms"])
+        # the loop's own clock starts at the first file event it sees (watchfiles
+        # hands it over a few ms after the write): the write is the honest start
+        timings["write_to_first_log"] = (first_line - written) * 1000
+        timings["write_to_first_event"] = (
+            timings["write_to_first_log"] - timings["save_to_first_log"]
+        )
+        cycles.append(timings)
         await asyncio.sleep(0.3)
     session.stop()
     await task
@@ -205,17 +215,19 @@ def main() -> dict[str, Any]:
         cycles = asyncio.run(_ours(project, board, Path(tmp) / "cache"))
         peer = _peer(project, board)
         sim.remove_board(board.name)
-    ours_s = [c["save_to_first_log"] / 1000 for c in cycles]
+    ours_s = [c["write_to_first_log"] / 1000 for c in cycles]
     phases = {
         k: round(statistics.median(c[k] for c in cycles if k in c), 1)
         for k in (
+            "write_to_first_event",  # file write -> watchfiles hands the event over
             "change_to_build_start",
             "linked",  # build start -> ELF linked
             "connected_ahead",  # build start -> board in its bootloader, synced
             "build",
             "deploy",  # build end -> first boot byte after the hard reset
             "deploy_to_first_log",
-            "save_to_first_log",
+            "save_to_first_log",  # first event -> first log line (the loop's own clock)
+            "write_to_first_log",
         )
         if any(k in c for c in cycles)
     }

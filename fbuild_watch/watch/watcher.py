@@ -165,7 +165,7 @@ class Watcher:
                     *roots,
                     watch_filter=self._filter,
                     debounce=max(self.opts.quiet_ms, 50),
-                    step=5,
+                    step=2,  # ms: the quiet period starts sooner; +0.6% of a core idle vs 5
                     stop_event=stop,
                     rust_timeout=1000,
                     yield_on_timeout=False,
