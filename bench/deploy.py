@@ -398,8 +398,8 @@ def render(result: dict[str, Any]) -> list[str]:
         f"scenario {REPEATS} times; the run with the median time is shown (host time varies by up "
         "to 0.3 s between runs).",
         "",
-        "| scenario | contender | time | wire bytes | flash bytes written | resets | notes |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | contender | time | device / host | wire bytes | flash bytes written | resets | notes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         for who in ("ours", *PEERS):
@@ -410,6 +410,7 @@ def render(result: dict[str, Any]) -> list[str]:
                      "skip": "esptool --skip-flashed", "region": "region MD5 + rewrite"}[who]  # fmt: skip
             lines.append(
                 f"| ({row['scenario']}) {row['description'] if who == 'ours' else ''} | {label} | {total:.2f} s "
+                f"| {m['device_s']:.3f} / {m['host_s']:.2f} s "
                 f"| {m['wire_bytes']:,} | {m['flash_bytes_written']:,} | {m['resets']} | {note} |"
             )
     lines += ["", "| scenario | ours / best peer | --diff-with / ours | ours / floor (issue) | floor (issue) "

@@ -21,7 +21,7 @@ STUB_COMMANDS = 7
 ROM_BLOCK = 0x400
 STUB_BLOCK = 0x4000
 # Measured on the virtual board at 460800 baud (BENCHMARKS.md, "ROM or stub"):
-# for incompressible data the two are even at 64 KiB (the ROM wins up to 48).
+# for incompressible data the ROM wins up to 48 KiB, the stub from 64 KiB.
 STUB_BREAK_EVEN = 64 * 1024
 
 
