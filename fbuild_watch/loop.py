@@ -245,10 +245,11 @@ class Loop:
 
         run = BuildRun(self.backend, on_line, pointers=self.ws.pointers)
         self._build_run = run
-        build = asyncio.ensure_future(asyncio.to_thread(run.run))
         elf = self._elf_path() if self.deployer is not None else None
+        before = file_stamp(elf) if elf is not None else None  # before the build can touch it
+        build = asyncio.ensure_future(asyncio.to_thread(run.run))
         if elf is not None:
-            self._link_task = asyncio.ensure_future(self._watch_link(elf, build, cycle))
+            self._link_task = asyncio.ensure_future(self._watch_link(elf, before, build, cycle))
         try:
             result = await build
         finally:
@@ -287,12 +288,16 @@ class Loop:
             return None
 
     async def _watch_link(
-        self, elf: Path, build: asyncio.Future[BuildResult], cycle: Cycle
+        self,
+        elf: Path,
+        before: tuple[int, int, int] | None,
+        build: asyncio.Future[BuildResult],
+        cycle: Cycle,
     ) -> None:
         """While the build runs: once it has linked an ELF with new loadable
-        bytes, let the deployer connect ahead (the image is still being made)."""
+        bytes, let the deployer connect ahead (the image is still being made).
+        `before`: the ELF's stamp from before the build started."""
         assert self.deployer is not None
-        before = file_stamp(elf)
         while not build.done():
             await asyncio.sleep(LINK_POLL_S)
             stamp = file_stamp(elf)
