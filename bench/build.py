@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, run, save, stats_ms, timeit
+from bench.common import copy_example, run, save, stats_ms, timeit
 from fbuild_watch.build import detect_backend, run_build
 
 REPEAT = 7
@@ -65,10 +65,7 @@ def _case(project: Path, asset_kb: int) -> dict[str, Any]:
 
 def main() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        project = Path(tmp) / "blink-c3"
-        shutil.copytree(
-            ROOT / "examples" / "blink-c3", project, ignore=shutil.ignore_patterns("build")
-        )
+        project = copy_example(Path(tmp))
         # warm zig's global cache (compiler-rt) so "clean" means the project's own build
         run(["make"], project, {"PYTHON": sys.executable})
         cases = [_case(project, 0), _case(project, 768)]

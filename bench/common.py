@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -67,6 +68,16 @@ def timeit(fn: Callable[[], object], repeat: int) -> list[float]:
         fn()
         out.append(time.perf_counter() - t0)
     return out
+
+
+def copy_example(parent: Path) -> Path:
+    """A private copy of examples/blink-c3 under `parent`, without build
+    outputs or materialized resources."""
+    project = parent / "blink-c3"
+    shutil.copytree(
+        ROOT / "examples" / "blink-c3", project, ignore=shutil.ignore_patterns("build", ".fbuild")
+    )
+    return project
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:

@@ -22,7 +22,6 @@ erase, program, MD5, boot), host wall time of the same run in instant mode
 from __future__ import annotations
 
 import functools
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import serial
 from esptool.cmds import attach_flash, detect_chip, run_stub, write_flash
 from esptool.reset import ClassicReset, HardReset
 
-from bench.common import ROOT, save
+from bench.common import copy_example, save
 from fbuild_watch import sim
 from fbuild_watch.deploy import BoardConnection, BoardDeployer, FlashCache, SessionTrust, describe
 from fbuild_watch.deploy.connection import CountingPort
@@ -70,10 +69,7 @@ def _build(project: Path, **make_vars: str) -> ValidatedLayout:
 
 def layouts() -> dict[str, ValidatedLayout]:
     with tempfile.TemporaryDirectory() as tmp:
-        project = Path(tmp) / "blink-c3"
-        shutil.copytree(
-            ROOT / "examples" / "blink-c3", project, ignore=shutil.ignore_patterns("build")
-        )
+        project = copy_example(Path(tmp))
         v1 = _build(project, ASSET_KB="768")
         version = project / "src" / "version.h"
         version.write_text(version.read_text().replace('"1.0.0"', '"1.0.1"'))
@@ -321,10 +317,7 @@ def sweep(
 
 def sweep_layouts() -> dict[int, ValidatedLayout]:
     with tempfile.TemporaryDirectory() as tmp:
-        project = Path(tmp) / "blink-c3"
-        shutil.copytree(
-            ROOT / "examples" / "blink-c3", project, ignore=shutil.ignore_patterns("build")
-        )
+        project = copy_example(Path(tmp))
         return {
             kb: _build(project, ASSET_KB="768", ASSET_PATCH=str(256 * 1024), ASSET_PATCH_KB=str(kb))
             for kb in SWEEP_KB

@@ -14,7 +14,6 @@ board with realistic timing, and the log pane's throughput.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from esptool.cmds import attach_flash, detect_chip, run_stub, write_flash
 from esptool.reset import ClassicReset, HardReset
 from textual import events
 
-from bench.common import ROOT, save, stats_ms
+from bench.common import copy_example, save, stats_ms
 from bench.deploy import cli_chip_info
 from fbuild_watch import sim
 from fbuild_watch.deploy.esplog import captured
@@ -39,12 +38,6 @@ from fbuild_watch.session import SessionOptions, WatchSession
 from fbuild_watch.sim.board import VirtualBoard
 
 EDITS = 20
-
-
-def _project(tmp: Path) -> Path:
-    project = tmp / "blink-c3"
-    shutil.copytree(ROOT / "examples" / "blink-c3", project, ignore=shutil.ignore_patterns("build"))
-    return project
 
 
 async def _ours(project: Path, board: VirtualBoard, cache: Path) -> list[dict[str, float]]:
@@ -210,7 +203,7 @@ async def _pane_throughput(rate: int = 25_000, seconds: float = 4.0) -> dict[str
 
 def main() -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        project = _project(Path(tmp))
+        project = copy_example(Path(tmp))
         board = sim.add_board(VirtualBoard("loopbench", timing=sim.REALISTIC, record_tx=False))
         cycles = asyncio.run(_ours(project, board, Path(tmp) / "cache"))
         peer = _peer(project, board)

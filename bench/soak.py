@@ -26,14 +26,13 @@ import collections
 import gc
 import os
 import random
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, save
+from bench.common import copy_example, save
 from fbuild_watch import sim
 from fbuild_watch.events import Event
 from fbuild_watch.image.layout import ValidatedLayout
@@ -338,10 +337,7 @@ async def _run(soak: Soak, steps: int) -> dict[str, Any]:
 
 def run_soak(steps: int, seed: int, workdir: Path) -> dict[str, Any]:
     """Run a soak; raises SoakFailure on the first broken invariant."""
-    project = workdir / "blink-c3"
-    shutil.copytree(
-        ROOT / "examples" / "blink-c3", project, ignore=shutil.ignore_patterns("build", ".fbuild")
-    )
+    project = copy_example(workdir)
     rng = random.Random(seed)
     old_cache = os.environ.get("FBUILD_CACHE_DIR")
     os.environ["FBUILD_CACHE_DIR"] = str(workdir / "cache")
