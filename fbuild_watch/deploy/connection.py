@@ -95,8 +95,7 @@ class BoardConnection:
         self.last_data_at = 0.0
         self._fast_until = 0.0
         self._lock = threading.Lock()
-        self._pause_req = threading.Event()
-        self._go = threading.Event()  # set while the reader may read (not paused)
+        self._go = threading.Event()  # set while the reader may read; cleared by a deploy
         self._go.set()
         self._paused = threading.Event()
         self._stop = threading.Event()
@@ -145,7 +144,6 @@ class BoardConnection:
 
     def close(self) -> None:
         self._stop.set()
-        self._pause_req.clear()
         self._go.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2)
@@ -164,13 +162,13 @@ class BoardConnection:
     # -- the reader -------------------------------------------------------------
     def _reader(self) -> None:
         while not self._stop.is_set():
-            if self._pause_req.is_set():
+            if not self._go.is_set():
                 try:
                     self.on_pause()
                 except Exception:  # a view's bug must not stop the monitor
                     log.exception("serial pause handler failed")
                 self._paused.set()
-                while self._pause_req.is_set() and not self._stop.is_set():
+                while not self._go.is_set() and not self._stop.is_set():
                     # blocks, not polls: a deploy's esptool needs the GIL
                     self._go.wait(0.1)
                 self._paused.clear()
@@ -215,7 +213,7 @@ class BoardConnection:
         interval = FAST_REOPEN_S if time.monotonic() < self._fast_until else REOPEN_INTERVAL_S
         if self._stop.wait(interval):
             return
-        if self._pause_req.is_set() or not _present(self.info):
+        if not self._go.is_set() or not _present(self.info):
             return
         with contextlib.suppress(RuntimeFailure):
             self._open_port()
@@ -244,7 +242,6 @@ class BoardConnection:
             if self.port is None:
                 raise RuntimeFailure(f"{self.url}: board not connected")
         self._go.clear()
-        self._pause_req.set()
         port = self.port
         if self._thread is not None and self._thread.is_alive():
             _interrupt_read(port)  # the reader may sit in read() for READ_TIMEOUT_S
@@ -257,7 +254,6 @@ class BoardConnection:
             use.resume()
 
     def resume(self) -> None:
-        self._pause_req.clear()
         self._go.set()
 
 
