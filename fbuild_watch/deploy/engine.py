@@ -175,16 +175,25 @@ class BoardDeployer:
 
     def release(self) -> None:
         """No deploy followed a `prepare` (the build failed or produced what
-        the board holds): reset the board into its app."""
+        the board holds): reset the board into its app, if it is not there."""
         with self._lock:
-            held = self._take_connected()
-            if held is not None:
-                self._reset_into_app(held.use)
-                held.stack.close()
-            elif self._maybe_in_bootloader:
-                self._maybe_in_bootloader = False
-                with contextlib.suppress(Exception), self.conn.exclusive() as use:
-                    self._reset_into_app(use)
+            self._back_to_app(always=False)
+
+    def _back_to_app(self, *, always: bool) -> None:
+        """Hard reset into the app: through the held connection if there is
+        one, else through the port (`always`, or after a prepare that failed
+        half way and may have left the board in its bootloader)."""
+        held = self._take_connected()
+        maybe, self._maybe_in_bootloader = self._maybe_in_bootloader, False
+        if held is not None:
+            self._reset_into_app(held.use)
+            held.stack.close()
+        elif always:
+            with self.conn.exclusive() as use:
+                self._reset_into_app(use)
+        elif maybe:
+            with contextlib.suppress(Exception), self.conn.exclusive() as use:
+                self._reset_into_app(use)
 
     def _take_connected(self) -> _Connected | None:
         """The prepared connection if it is still good (no disconnect since)."""
@@ -540,11 +549,4 @@ class BoardDeployer:
     def reset(self) -> None:
         """Reset the board into its app (the `r` key); the reader keeps reading."""
         with self._lock:
-            held = self._take_connected()
-            self._maybe_in_bootloader = False
-            if held is not None:
-                self._reset_into_app(held.use)
-                held.stack.close()
-                return
-            with self.conn.exclusive() as use:
-                self._reset_into_app(use)
+            self._back_to_app(always=True)
