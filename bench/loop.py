@@ -214,7 +214,8 @@ def main() -> dict[str, Any]:
         for k in (
             "write_to_first_event",  # file write -> watchfiles hands the event over
             "change_to_build_start",
-            "linked",  # build start -> ELF linked
+            "compiled",  # build start -> an object with changed code/data is compiled
+            "linked",  # build start -> ELF linked (when no object told first)
             "connected_ahead",  # build start -> board in its bootloader, synced
             "build",
             "deploy",  # build end -> first boot byte after the hard reset
@@ -235,6 +236,8 @@ def main() -> dict[str, Any]:
         },
         "ours": ours,
         "phases_median_ms": phases,
+        # what took the board into its bootloader ahead, per edit
+        "connect_trigger": {k: sum(k in c for c in cycles) for k in ("compiled", "linked")},
         "peer_make_esptool_diff_with_monitor": peer_stats,
         "ratio_peer_over_ours": round(peer_stats["median_ms"] / ours["median_ms"], 2),
         "pane": pane,
@@ -264,7 +267,9 @@ def render(result: dict[str, Any]) -> list[str]:
         "",
         "Phase medians (ms): "
         + ", ".join(f"{k.replace('_', ' ')} {v:.0f}" for k, v in ph.items())
-        + ".",
+        + ". Connected ahead on "
+        + " / ".join(f"{k} {n}" for k, n in result.get("connect_trigger", {}).items())
+        + " edits (the object compiled / the ELF linked).",
         "",
         f"Log pane: {pane['lines_per_s']:,} lines/s through the TUI while a producer floods it "
         f"({pane['lines']:,} lines); key latency meanwhile median {pane['key_latency_ms']['median']} ms, "

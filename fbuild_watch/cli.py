@@ -345,10 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
             "f full-flash, b rebuild, r reset, a app-flash, p pause, q quit; also t timestamps, "
             "c clear, l log to file, / filter, and esp-idf-monitor's Ctrl+T Ctrl+F/A/R. "
             "Quitting (q, Ctrl+C) during a deploy waits for it to finish; quitting again "
-            "aborts it and reports the flash as partially written. Once the build has linked "
-            "an ELF whose loadable bytes differ from what a board runs, that board is taken "
-            "into its bootloader while the image is still being made (a build that then "
-            "fails resets it back into its app)."
+            "aborts it and reports the flash as partially written. Once the build has compiled "
+            "an object or linked an ELF whose loadable contents differ from what the board's "
+            "image was made from, the board is taken into its bootloader while the build "
+            "goes on (a build that then fails resets it back into its app)."
         ),
     )
     watch.add_argument("project", nargs="?", default=".", metavar="PROJECT")

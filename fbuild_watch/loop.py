@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from fbuild_watch.build.backends import Backend
+from fbuild_watch.build.objects import ObjectWatch
 from fbuild_watch.build.runner import BuildResult, BuildRun
 from fbuild_watch.errors import FbuildError
 from fbuild_watch.events import Event
@@ -29,8 +30,9 @@ from fbuild_watch.watch.watcher import Watcher, state_path_for
 
 Emit = Callable[[Event], None]
 
-# How often the ELF is looked at while a build runs (one stat of one file):
-# the boards can be taken into their bootloaders as soon as it is linked.
+# How often the build's outputs are looked at while it runs (a stat of the
+# ELF and of the most recently built objects): the boards can be taken into
+# their bootloaders as soon as an object or the ELF shows the image will change.
 LINK_POLL_S = 0.003
 
 
@@ -41,10 +43,11 @@ class Deployer(Protocol):
 
     async def reset(self) -> None: ...
 
-    async def prepare(self, link_key: str) -> None:
+    async def prepare(self, link_key: str | None) -> None:
         """The build linked an ELF whose loadable bytes hash to `link_key`
-        and is now making its image: connect ahead to every board that
-        will need the serial link for it."""
+        and is now making its image (None: it compiled an object that
+        changes what the last image was linked from, and has not linked
+        yet): connect ahead to every board that will need the serial link."""
 
     async def release(self) -> None:
         """No deploy follows a `prepare`: boards return to their apps."""
@@ -106,6 +109,8 @@ class Loop:
         self._deploy_fut: asyncio.Future[bool] | None = None
         self._link_task: asyncio.Future[None] | None = None
         self._preparing = False
+        self._objects: ObjectWatch | None = None
+        self._objects_refresh: asyncio.Future[None] | None = None
 
     @property
     def deploying(self) -> bool:
@@ -249,7 +254,10 @@ class Loop:
         before = file_stamp(elf) if elf is not None else None  # before the build can touch it
         build = asyncio.ensure_future(asyncio.to_thread(run.run))
         if elf is not None:
-            self._link_task = asyncio.ensure_future(self._watch_link(elf, before, build, cycle))
+            objects = self._object_watch(elf)
+            self._link_task = asyncio.ensure_future(
+                self._watch_link(elf, before, build, cycle, objects)
+            )
         try:
             result = await build
         finally:
@@ -287,19 +295,56 @@ class Loop:
         except FbuildError:  # e.g. a malformed platformio.ini: the build will say so
             return None
 
+    def _object_watch(self, elf: Path) -> ObjectWatch:
+        if self._objects is None or self._objects.elf != elf:
+            self._objects = ObjectWatch(elf.parent, elf)
+        return self._objects
+
+    def _refresh_objects(self) -> None:
+        """Summarise the objects of the build just made, in the background,
+        after the cycle (off the deploy's path); one refresh after another."""
+        watch, prev = self._objects, self._objects_refresh
+        if watch is None:
+            return
+
+        async def refresh() -> None:
+            if prev is not None:
+                with contextlib.suppress(Exception):
+                    await prev
+            await asyncio.to_thread(watch.refresh)
+
+        task = self._objects_refresh = asyncio.ensure_future(refresh())
+        self._bg_tasks.add(task)
+        task.add_done_callback(self._bg_tasks.discard)
+
     async def _watch_link(
         self,
         elf: Path,
         before: tuple[int, int, int] | None,
         build: asyncio.Future[BuildResult],
         cycle: Cycle,
+        objects: ObjectWatch,
     ) -> None:
-        """While the build runs: once it has linked an ELF with new loadable
-        bytes, let the deployer connect ahead (the image is still being made).
-        `before`: the ELF's stamp from before the build started."""
-        assert self.deployer is not None
+        """While the build runs: once it has compiled an object whose code or
+        data differ from what the last image was linked from, or linked an
+        ELF with new loadable bytes, let the deployer connect ahead (the
+        image is still being made). `before`: the ELF's stamp from before
+        the build started."""
+        assert self.deployer is not None and cycle.build_start is not None
+        if self._objects_refresh is not None:  # what the last build left, first
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._objects_refresh)
+        watch = objects.start()
         while not build.done():
             await asyncio.sleep(LINK_POLL_S)
+            rewritten = watch.poll()
+            changes = bool(rewritten) and await asyncio.to_thread(watch.image_changes, rewritten)
+            if changes:
+                if build.done():
+                    return
+                cycle.timings["compiled"] = time.monotonic() - cycle.build_start
+                await self._prepare(None, cycle)
+                return
             stamp = file_stamp(elf)
             if stamp is None or stamp == before:
                 continue
@@ -307,15 +352,18 @@ class Loop:
             key = await asyncio.to_thread(link_key, elf)
             if key is None or build.done():
                 continue  # not all written yet, or too late to gain anything
-            assert cycle.build_start is not None
             cycle.timings["linked"] = time.monotonic() - cycle.build_start
-            self._preparing = True
-            try:
-                await self.deployer.prepare(key)
-            finally:
-                self._preparing = False
-            cycle.timings["connected_ahead"] = time.monotonic() - cycle.build_start
+            await self._prepare(key, cycle)
             return
+
+    async def _prepare(self, key: str | None, cycle: Cycle) -> None:
+        assert self.deployer is not None and cycle.build_start is not None
+        self._preparing = True
+        try:
+            await self.deployer.prepare(key)
+        finally:
+            self._preparing = False
+        cycle.timings["connected_ahead"] = time.monotonic() - cycle.build_start
 
     async def _settle_link(self) -> None:
         """The build is over: a connect ahead in progress is waited for (the
@@ -406,6 +454,7 @@ class Loop:
                         )
                     )
                     self.state = "idle" if self.deployer is None else "monitoring"
+                    self._refresh_objects()
                     continue
                 if self._deploy_request is not None and self.last_layout is not None:
                     req = self._deploy_request
@@ -442,6 +491,10 @@ class Loop:
             self._forced = "startup"
         elif self.last_layout is not None and self.deployer is not None:
             self._deploy_request = {"full": False, "app_only": False}
+        elf = self._elf_path() if self.deployer is not None else None
+        if elf is not None:  # what the objects on disk hold, for the first edit
+            self._object_watch(elf)
+            self._refresh_objects()
         self._wake.set()
         tasks = [asyncio.ensure_future(self._worker())]
         if self.watcher is not None:

@@ -88,15 +88,16 @@ class BoardSession:
             cache=cache,
         )
 
-    def needs_link(self, key: str) -> bool:
+    def needs_link(self, key: str | None) -> bool:
         """Will a deploy of the ELF with this link key talk to the board?
         Yes unless the board is trusted to hold an image of an ELF with the
-        same loadable bytes (then it most likely trust-skips)."""
+        same loadable bytes (then it most likely trust-skips). None: an
+        object the last image was linked from changed, so yes."""
         if self.conn.port is None:
             return False
         trusted = self.deployer.effective_trust()
-        if trusted is None:
-            return True  # nothing trusted: the deploy probes the board
+        if trusted is None or key is None:
+            return True  # nothing trusted (the deploy probes the board), or a new image
         return self.held_link != (trusted.image_hash, key)
 
     def _on_state(self, state: str, message: str) -> None:
@@ -198,7 +199,7 @@ class MultiDeployer:
             await asyncio.sleep(0.005)
         return None
 
-    async def prepare(self, link_key: str) -> None:
+    async def prepare(self, link_key: str | None) -> None:
         boards = [b for b in self.session.boards if b.needs_link(link_key)]
         if not boards:
             return

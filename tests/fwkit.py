@@ -40,6 +40,21 @@ def zig_cc(
     return out
 
 
+def zig_object(source: str, out: Path) -> Path:
+    """Compile C `source` to the relocatable object `out` (no link)."""
+    src = out.with_suffix(".c")
+    src.write_text(source)
+    flags = [f for f in CFLAGS if not f.startswith("-Wl,")]
+    subprocess.run([*ZIG_CC, *flags, "-c", str(src), "-o", str(out)], check=True)
+    return out
+
+
+def zig_link(obj: Path, out: Path) -> Path:
+    """Link one object (entry `_start`, no linker script, --gc-sections)."""
+    subprocess.run([*ZIG_CC, *CFLAGS, str(obj), "-o", str(out)], check=True)
+    return out
+
+
 def elf2image(elf: Path, out: Path, *extra: str) -> Path:
     subprocess.run(
         [

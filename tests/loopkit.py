@@ -20,6 +20,10 @@ import os, pathlib, shutil, sys, time
 root = pathlib.Path(__file__).parent
 out = root / "build"
 out.mkdir(exist_ok=True)
+obj = root / "src" / "obj"
+if obj.exists():  # "compiles" first: copies the object src/obj names
+    (out / "obj").mkdir(exist_ok=True)
+    shutil.copy(obj.read_text().strip(), out / "obj" / "main.c.o")
 link = os.environ.get("LINK_ELF")
 if link:  # "links" the ELF first, then makes the image (after the gate)
     shutil.copy(link, out / "app.elf")
@@ -41,18 +45,25 @@ print("built", n, flush=True)
 
 
 def make_project(
-    root: Path, firmware: Build, *, gate: Path | None = None, link: bool = False
+    root: Path,
+    firmware: Build,
+    *,
+    gate: Path | None = None,
+    link: bool = False,
+    elf: Path | None = None,
 ) -> Path:
-    """`link`: the build writes the firmware's ELF before waiting at `gate`."""
+    """`link`: the build writes the firmware's ELF (or `elf`) before waiting
+    at `gate`. A file `src/obj` naming an object makes the build copy it to
+    build/obj/main.c.o first, like a compile."""
     (root / "src").mkdir(parents=True)
     (root / "src" / "main.c").write_text("int main(void) { return 0; }\n")
     (root / "build.py").write_text(BUILD_PY)
     env = f'FW_DIR = "{firmware.dir}"' + (f', GATE = "{gate}"' if gate else "")
-    env += f', LINK_ELF = "{firmware.app_elf}"' if link else ""
-    elf = 'elf = "build/app.elf"\n' if link else ""
+    env += f', LINK_ELF = "{elf or firmware.app_elf}"' if link else ""
+    elf_line = 'elf = "build/app.elf"\n' if link else ""
     (root / "fbuild.toml").write_text(
         f'[build]\ncommand = ["{sys.executable}", "build.py"]\n'
-        f'flasher_args = "build/flasher_args.json"\n{elf}env = {{ {env} }}\n'
+        f'flasher_args = "build/flasher_args.json"\n{elf_line}env = {{ {env} }}\n'
         '[watch]\npaths = ["src"]\n'
     )
     return root
@@ -62,7 +73,7 @@ class FakeDeployer:
     def __init__(self) -> None:
         self.deploys: list[tuple[str, bool, bool]] = []
         self.resets = 0
-        self.prepared: list[str] = []  # link keys
+        self.prepared: list[str | None] = []  # link keys (None: an object changed)
         self.releases = 0
 
     async def deploy(self, layout: ValidatedLayout, *, full: bool, app_only: bool) -> bool:
@@ -72,7 +83,7 @@ class FakeDeployer:
     async def reset(self) -> None:
         self.resets += 1
 
-    async def prepare(self, link_key: str) -> None:
+    async def prepare(self, link_key: str | None) -> None:
         self.prepared.append(link_key)
 
     async def release(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fbuild_watch.image.linkkey import link_key
-from tests.fwkit import Build
+from tests.fwkit import Build, zig_link, zig_object
 from tests.loopkit import FakeDeployer, LoopRun, make_project
 
 
@@ -159,4 +159,44 @@ async def test_boards_are_connected_ahead_once_the_elf_is_linked(
     assert not bad.data["ok"]
     await run.until(lambda: deployer.releases == 1)
     assert len(deployer.deploys) == 1
+    await run.stop()
+
+
+OBJ_SOURCE = """\
+volatile int sink;
+void _start(void) { for (;;) { sink = 3; } }
+"""
+
+
+async def test_boards_are_connected_ahead_once_a_changed_object_is_compiled(
+    tmp_path: Path, firmware: Build
+) -> None:
+    objs = tmp_path / "objs"
+    objs.mkdir()
+    base = zig_object(OBJ_SOURCE, objs / "base.o")
+    edited = zig_object(OBJ_SOURCE.replace("= 3", "= 5"), objs / "edited.o")
+    gate = tmp_path / "gate"
+    project = make_project(
+        tmp_path / "p", firmware, gate=gate, link=True, elf=zig_link(base, objs / "app.elf")
+    )
+    (project / "src" / "obj").write_text(str(base))
+    gate.write_text("go")  # the start-up build does not wait
+    deployer = FakeDeployer()
+    run = LoopRun(project, deployer=deployer)
+    await run.start(startup_build=True)
+    await run.expect("cycle_finished")
+    await run.until(lambda: run.loop.idle)  # the objects it built are summarised
+    before = len(deployer.prepared)
+
+    await _wait_watch_ready(run, project)
+    (project / "src" / "obj").write_text(str(edited))
+    # the object is rewritten; the ELF is not (the build waits at its gate)
+    await run.until(lambda: len(deployer.prepared) > before)
+    assert deployer.prepared[before:] == [None]
+    assert run.types().count("build_finished") == 1
+    gate.write_text("go")
+    cyc = await run.expect("cycle_finished")
+    assert {"compiled", "connected_ahead"} <= set(cyc.data["timings_ms"])
+    assert "linked" not in cyc.data["timings_ms"]  # one trigger per build
+    assert len(deployer.prepared) == before + 1
     await run.stop()

@@ -191,7 +191,7 @@ class WatchApp(App[int]):
             self._timings = "  ".join(
                 f"{_TIMING_LABELS.get(k, k.replace('_', ' '))} {v:.0f}ms"
                 for k, v in ms.items()
-                if k != "linked"
+                if k not in ("linked", "compiled")
             )
         elif ev.type == "crash":
             log = self._log_widget(d["board"])
