@@ -400,6 +400,17 @@ def test_session_connects_ahead_only_when_the_loadable_bytes_differ(
         assert board.counters.commands["SYNC"] == syncs + 1
         await deployer.release()  # nothing held any more: no reset
         assert flash_holds(board, builds.v1)
+        # no key yet (an object changed, not linked): the trusted board connects too
+        await deployer.prepare(None)
+        assert len([e for e in events if e.type == "connected_ahead"]) == 2
+        assert board.counters.commands["SYNC"] == syncs + 2
+        boots = board.counters.app_boots
+        await deployer.release()  # the build failed after all: back into the app
+        for _ in range(500):  # the board boots on its own thread
+            if board.counters.app_boots > boots:
+                break
+            await asyncio.sleep(0.01)
+        assert board.counters.app_boots == boots + 1 and flash_holds(board, builds.v1)
 
     try:
         asyncio.run(go())
