@@ -41,14 +41,20 @@ class ObjectWatch:
         self.elf = elf
         self._known = _Known()
         self._lock = threading.Lock()  # refresh runs on a worker thread
+        # the ELF's stamp and what it kept: a cycle that did not link keeps both
+        self._kept_of: tuple[Stamp | None, frozenset[str] | None] = (None, None)
 
     def refresh(self) -> None:
         """Summarise the newest objects and what the last link kept. Blocking
         (a directory walk and some reads): call it off the event loop."""
-        try:
-            kept = linked_names(self.elf.read_bytes())
-        except OSError:
-            kept = None
+        stamp = file_stamp(self.elf)
+        kept = self._kept_of[1]
+        if stamp is None or stamp != self._kept_of[0]:
+            try:
+                kept = linked_names(self.elf.read_bytes())
+            except OSError:
+                kept = None
+            self._kept_of = (stamp, kept)
         found: list[tuple[int, Path, Stamp]] = []
         for dirpath, _, files in os.walk(self.root):
             for name in files:

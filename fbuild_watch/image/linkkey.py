@@ -57,12 +57,19 @@ def link_key(path: Path) -> str | None:
     return key
 
 
-def _key(data: bytes) -> str | None:
+def elf32_le_header(data: bytes) -> tuple[int, ...] | None:
+    """The ELF header's fields after e_ident (e_type ... e_shstrndx) if
+    `data` starts as a 32-bit little-endian ELF, else None."""
     if len(data) < _EHDR.size or data[:4] != b"\x7fELF" or data[4] != 1 or data[5] != 1:
         return None
-    (_, _, machine, _, entry, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, _) = (
-        _EHDR.unpack_from(data)
-    )
+    return tuple(_EHDR.unpack_from(data)[1:])
+
+
+def _key(data: bytes) -> str | None:
+    header = elf32_le_header(data)
+    if header is None:
+        return None
+    (_, machine, _, entry, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, _) = header
     # Linkers write the section header table last: if it is not all there,
     # neither is the file.
     if phnum == 0 or phentsize < _PHDR.size or shoff + shnum * shentsize > len(data):

@@ -24,7 +24,8 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-_EHDR = struct.Struct("<16sHHIIIIIHHHHHH")
+from fbuild_watch.image.linkkey import elf32_le_header
+
 _SHDR = struct.Struct("<10I")
 _SYM = struct.Struct("<IIIBBH")
 _REL = struct.Struct("<II")
@@ -72,9 +73,10 @@ class _Section:
 def _parse(data: bytes, *, want_type: int | None) -> tuple[list[_Section], list[_Symbol]] | None:
     """Section headers and the symbol table, or None if `data` is not a
     complete ELF32 LE (of `want_type`, when given)."""
-    if len(data) < _EHDR.size or data[:4] != b"\x7fELF" or data[4] != 1 or data[5] != 1:
+    header = elf32_le_header(data)
+    if header is None:
         return None
-    (_, e_type, _, _, _, _, shoff, _, _, _, _, shentsize, shnum, shstrndx) = _EHDR.unpack_from(data)
+    (e_type, _, _, _, _, shoff, _, _, _, _, shentsize, shnum, shstrndx) = header
     if want_type is not None and e_type != want_type:
         return None
     # The section header table is written last: if it is not all there,
@@ -170,9 +172,8 @@ def summarize(data: bytes) -> ObjectSummary | None:
         for start, end in records:
             rel = [r for r in relocs.get(i, []) if start <= r[0] < end]
             fn = next((r[2] for r in rel if r[0] == start + 8), None)  # FDE pc_begin
-            names = {".eh_frame"} if fn is None else defined.get(fn, set())
-            if fn is not None and not names:
-                names = {".eh_frame"}
+            # a CIE, or a record of a function without a name: with .eh_frame
+            names = (defined.get(fn) if fn is not None else None) or {".eh_frame"}
             out.append((frozenset(names), _digest(head, body[start:end], rel)))
     return ObjectSummary(tuple(out))
 
