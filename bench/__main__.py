@@ -21,6 +21,7 @@ BENCHMARKS = {
     "deploy": "Deploy",
     "loop": "Loop: save to first log line, and the log pane",
     "soak": "Soak: edits and faults, invariants checked after every step",
+    "sim_soak": "Soak: one-shot processes on sim://",
 }
 
 

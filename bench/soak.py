@@ -14,7 +14,12 @@ the loop to go quiet and asserts:
 - every trust-skip happened when the board really held those bytes;
 - the log file holds exactly the bytes the monitor read from the port (the
   virtual board records every host read and which thread made it);
-- open file descriptors and resident memory stay flat.
+- open file descriptors and resident memory stay flat;
+- failures are seen: an unusable cache directory, a file that cannot be
+  read and a second watcher on the project are each a visible event (or a
+  refusal), never a failed good deploy or a silent stop; no `error` event
+  (an unexpected exception in a part of the loop) is ever emitted; and at
+  the end the log file's disk fills up: one warning, the monitor goes on.
 
 `python -m bench soak` runs 200 steps; `make test` runs a short one.
 """
@@ -55,6 +60,9 @@ ACTIONS = {  # weights
     "unplug_during_deploy": 2,
     "corrupt_responses": 1,
     "swap_board": 1,
+    "cache_unusable": 1,
+    "unreadable_file": 1,
+    "second_watcher": 1,
 }
 
 
@@ -78,6 +86,10 @@ class Soak:
     blobs: list[bytes] = field(default_factory=list)
     session: WatchSession | None = None
     failure: SoakFailure | None = None  # found inside an event callback
+    lines_seen: int = 0  # serial lines the views were handed
+
+    def on_serial(self, _board: str, _port: str, _t: float, lines: list[str]) -> None:
+        self.lines_seen += len(lines)
 
     # -- events -----------------------------------------------------------------
     def emit(self, ev: Event) -> None:
@@ -257,8 +269,87 @@ class Soak:
             self.faults["board_swap"] += 1
             await self.settle()
             self.bump_version()  # the next change deploys to the new board
+        elif name == "cache_unusable":
+            # the optional cache dir turns into a file: deploys must stay ok
+            cache = Path(os.environ["FBUILD_CACHE_DIR"])
+            aside = cache.with_name("cache-aside")
+            if cache.exists():
+                cache.replace(aside)
+            cache.write_text("not a directory")
+            before = len(self.events)
+            self.bump_version()
+            await self.settle()
+            cache.unlink()
+            if aside.exists():
+                aside.replace(cache)
+            deployed = [e for e in self.events[before:] if e.type == "deploy_finished"]
+            self.require(
+                all(e.data["ok"] for e in deployed if self.board.present),
+                "an unusable cache failed a good deploy",
+            )
+            self.faults["cache_unusable"] += 1
+        elif name == "unreadable_file":
+            from fbuild_watch.watch import state as watch_state
+
+            real = watch_state.file_digest
+
+            def digest(path: str | os.PathLike[str]) -> bytes:
+                if Path(path).name == "unreadable.h":  # root reads everything: injected
+                    raise PermissionError(13, "Permission denied", str(path))
+                return real(path)
+
+            watch_state.file_digest = digest
+            before = len(self.events)
+            try:
+                self._write("src/unreadable.h", f"/* {self.rng.random()} */\n")
+                await self.settle()
+            finally:
+                watch_state.file_digest = real
+            self.require(
+                any(
+                    e.type == "warning" and "unreadable.h" in e.data["message"]
+                    for e in self.events[before:]
+                ),
+                "an unreadable file was not reported",
+            )
+            (p / "src" / "unreadable.h").unlink()
+            self.bump_version()  # and the loop still builds and deploys
+            self.faults["unreadable_file"] += 1
+        elif name == "second_watcher":
+            from fbuild_watch.errors import RuntimeFailure
+            from fbuild_watch.project_lock import ProjectLock
+
+            try:
+                ProjectLock(p).acquire()
+                self.require(False, "a second watcher got the project lock")
+            except RuntimeFailure:
+                self.faults["second_watcher_refused"] += 1
         await self.settle()
         self.check()
+        self.require(
+            not [e for e in self.events if e.type == "error"],
+            "a part of the loop failed unexpectedly",
+        )
+
+    async def log_disk_full(self) -> None:
+        """The log file's disk fills up (/dev/full: every write is ENOSPC):
+        one warning, the log file is turned off, the monitor goes on."""
+        assert self.session is not None
+        before = len(self.events)
+        lines_before = self.lines_seen
+        self.session.set_log_file(Path("/dev/full"))
+        self.bump_version()
+        await self.settle()
+        self.session.set_log_file(None)
+        warnings = [
+            e
+            for e in self.events[before:]
+            if e.type == "warning" and "/dev/full" in str(e.data.get("message"))
+        ]
+        self.require(len(warnings) == 1, f"{len(warnings)} warnings for a full log disk")
+        self.require(self.lines_seen > lines_before, "the monitor stopped with the log file")
+        self.require(self.last_ok, "a full log disk failed a deploy")
+        self.faults["log_disk_full"] += 1
 
 
 def _fds() -> int:
@@ -283,7 +374,7 @@ async def _run(soak: Soak, steps: int) -> dict[str, Any]:
         log_file=soak.log_path,
         build_on_start=True,
     )
-    session = soak.session = WatchSession(opts, soak.emit, lambda *a: None)
+    session = soak.session = WatchSession(opts, soak.emit, soak.on_serial)
     session.setup()
     task = asyncio.ensure_future(session.run())
     while (
@@ -311,9 +402,10 @@ async def _run(soak: Soak, steps: int) -> dict[str, Any]:
             gc.collect()
             samples.append((step, _fds(), _rss_kib()))
     elapsed = time.monotonic() - t0
+    soak.check_log(final=False)
+    await soak.log_disk_full()
     session.stop()
     await task
-    soak.check_log(final=True)
     warm = samples[min(2, len(samples) - 1)]
     end = samples[-1]
     builds = sum(1 for e in soak.events if e.type == "build_finished")

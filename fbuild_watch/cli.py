@@ -1,7 +1,11 @@
 """The `fbuild` command.
 
-Exit status: 0 success, 1 runtime failure (invalid image, build failed, port
-missing or busy), 2 usage or configuration error.
+Exit status (README, "Exit status"), the same in the TUI and the line modes:
+0 success; 1 runtime failure (invalid image, build failed, port missing, busy
+or never opened, a deploy that did not complete, a part of the loop that
+stopped); 2 usage or configuration error; 130 interrupted (Ctrl+C). With
+--json a failure is also one JSON object on stdout: {"ok": false, "error":
+..., "exit_code": N} (`watch`/`monitor` add "type": "exit").
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from fbuild_watch import __version__
 from fbuild_watch.errors import FbuildError, RuntimeFailure, UsageError
 
 if TYPE_CHECKING:
+    from fbuild_watch.build.backends import Backend
     from fbuild_watch.image.layout import FlashLayout
     from fbuild_watch.session import SessionOptions
 
@@ -63,13 +68,30 @@ def _image_info(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from fbuild_watch.build import detect_backend, run_build
+    from fbuild_watch.build import BuildRun, detect_backend
 
     backend = detect_backend(Path(args.project), fqbn=args.fqbn)
     on_line = None if args.json else (lambda line: print(line, flush=True))
-    result = run_build(backend, on_line)
+    run = BuildRun(backend, on_line, rate_limited=False)  # a terminal takes every line
+    signals: list[int] = []
+
+    def interrupted(signum: int, _frame: object) -> None:
+        # The build has its own process group, which the terminal's Ctrl+C
+        # does not reach: end it here (the run returns once it is gone).
+        signals.append(signum)
+        run.cancel()
+
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = run.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    error = "build interrupted (its processes were ended)" if signals else result.error
     if args.json:
         doc = result.as_dict()
+        doc["ok"] = result.ok and not signals
+        doc["error"] = error
         doc["project"] = str(backend.project_dir)
         doc["backend"] = backend.kind
         doc["output"] = result.output
@@ -84,9 +106,11 @@ def _build(args: argparse.Namespace) -> int:
                 f"fbuild: build ok in {result.duration_s:.2f} s: {len(lay.regions)} regions, "
                 f"{lay.total_size / 1024:.1f} KiB, image {lay.image_hash[:16]}"
             )
-    if not result.ok:
-        print(f"fbuild: error: {result.error}", file=sys.stderr)
-        return 1
+    if signals or not result.ok:
+        print(f"fbuild: error: {error}", file=sys.stderr)
+        if signals:
+            return 128 + signals[0]
+        return 2 if result.config_error else 1  # README, "Exit status"
     return 0
 
 
@@ -97,14 +121,16 @@ def _deploy(args: argparse.Namespace) -> int:
     from fbuild_watch.deploy import BoardConnection, BoardDeployer, FlashCache, SessionTrust
     from fbuild_watch.deploy.ports import PortInfo, board_ports, flashing_baud
     from fbuild_watch.deploy.simport import register_sim
+    from fbuild_watch.project_lock import refuse_if_watched
 
     register_sim()
     backend = detect_backend(Path(args.project), fqbn=args.fqbn)
+    refuse_if_watched(backend.project_dir, "deploy")
     cfg = backend.config
     # usage errors (ports, baud) before anything is read from the build
     infos = board_ports(args.port, cfg.port if cfg else ())
     baud = flashing_baud(args.baud, cfg.baud if cfg else None)
-    layout = backend.load_layout().validate()  # never flash what was not validated
+    layout = _built_layout(backend).validate()  # never flash what was not validated
     cache = None if args.no_trust else FlashCache()
 
     def one(info: PortInfo) -> dict[str, object]:
@@ -132,6 +158,20 @@ def _deploy(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 1 if failed else 0
+
+
+def _built_layout(backend: Backend) -> FlashLayout:
+    """The build's layout; build outputs that are not there yet say how to
+    make them."""
+    try:
+        return backend.load_layout()
+    except FbuildError as exc:
+        missing = exc.source is not None and not Path(exc.source).exists()
+        if not missing:
+            raise
+        raise type(exc)(
+            f"{exc.problem} (no build output yet: run `fbuild build` first)", source=exc.source
+        ) from None
 
 
 def _session_options(args: argparse.Namespace) -> SessionOptions:
@@ -202,48 +242,67 @@ def _lnk(args: argparse.Namespace) -> int:
 
 def _sim_serve(args: argparse.Namespace) -> int:
     import signal
-    import threading
 
-    from fbuild_watch.sim.board import VirtualBoard
-    from fbuild_watch.sim.registry import default_flash_path
+    from fbuild_watch.sim import registry
+    from fbuild_watch.sim.flash import FlashImageError, FlashInUse
     from fbuild_watch.sim.server import BoardServer
-    from fbuild_watch.sim.timing import TIMINGS
 
     host, _, port_text = args.listen.rpartition(":")
     try:
         port = int(port_text)
     except ValueError:
         raise UsageError(f"--listen expects HOST:PORT, got {args.listen!r}") from None
-    flash: Path | None = Path(args.flash) if args.flash else default_flash_path(args.name)
+    try:
+        name = registry.check_name(args.name)
+        mac = registry.parse_mac(args.mac) if args.mac else None
+        flash_size, flash_id = registry.flash_part(args.flash_size, args.flash_id)
+    except registry.SimUrlError as exc:
+        raise UsageError(str(exc)) from None
+    flash: Path | None = Path(args.flash) if args.flash else registry.default_flash_path(name)
     if args.no_persist:
         flash = None
-    board = VirtualBoard(
-        args.name,
-        flash_path=flash,
-        timing=TIMINGS[args.timing],
-        usb_jtag=False,
-        start=args.boot,
+    opts = registry.SimOptions(
+        name, flash, args.timing, False, args.boot, mac, flash_size, flash_id
     )
+    # Stop signals are taken synchronously (sigwait) by this thread: blocked
+    # before the board's and server's threads start, so they inherit the mask
+    # (no other thread takes the signal) and no handler runs mid-shutdown.
+    stop_signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     try:
-        server = BoardServer(board, host or "127.0.0.1", port)
-    except OSError as exc:
-        board.close()
-        raise RuntimeFailure(f"cannot listen on {args.listen}: {exc.strerror}") from None
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            board = registry.make_board(opts)  # holds the flash file: one board per file
+        except FlashInUse as exc:
+            raise RuntimeFailure(
+                f"board '{name}' is busy: its flash {exc.path} is held by {exc.holder}"
+            ) from None
+        except FlashImageError as exc:
+            raise RuntimeFailure(str(exc)) from None
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot use flash file {flash}: {exc.strerror}") from None
+        try:
+            server = BoardServer(
+                board, host or "127.0.0.1", port, on_event=lambda t: print(t, flush=True)
+            )
+        except OSError as exc:
+            board.close()
+            raise RuntimeFailure(f"cannot listen on {args.listen}: {exc.strerror}") from None
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        raise
     print(
-        f"virtual ESP32-C3 '{args.name}' on {server.url} (flash: {flash or 'memory only'}, "
-        f"timing: {args.timing}, boot: {args.boot})",
+        f"virtual ESP32-C3 '{name}' on {server.url} (flash: {flash or 'memory only'}, "
+        f"timing: {args.timing}, boot: {args.boot}, mac: {board.identity.mac.hex(':')})",
         flush=True,
     )
     server.start()
     try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
+        signal.sigwait(stop_signals)
     finally:
         server.stop()
-        board.close()  # saves the flash image
+        board.close()  # saves the flash image and frees the file for another board
+    saved = f"flash saved to {flash}" if flash else "flash was memory only"
+    print(f"stopped ({saved})", flush=True)
     return 0
 
 
@@ -251,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fbuild",
         description="Edit -> build -> flash -> monitor loop for ESP32 boards.",
+        epilog=(
+            "exit status: 0 ok, 1 runtime failure (failed build or deploy, port missing, "
+            "busy or never opened), 2 usage or configuration error, 130 interrupted; with "
+            '--json a failure is also {"ok": false, "error": ..., "exit_code": N} on stdout'
+        ),
     )
     parser.add_argument("--version", action="version", version=f"fbuild-watch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -435,7 +499,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Expose one virtual ESP32-C3 over TCP. esptool reaches it as socket://HOST:PORT "
             "(with no reset lines it uses no-reset, so the board starts in download mode). "
-            "The flash image persists between runs."
+            "One client at a time; the board keeps its state between clients (a stub left "
+            "running, its baud rate) as a real chip does. The flash image persists between "
+            "runs and belongs to one board at a time: a second server or a sim://NAME on the "
+            "same file is refused as busy. Ctrl+C or SIGTERM stops it with the flash saved."
         ),
     )
     serve.add_argument("--listen", default="127.0.0.1:5555", metavar="HOST:PORT")
@@ -448,6 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["download", "app"],
         default="download",
         help="start in the ROM loader (default) or boot the app",
+    )
+    serve.add_argument("--mac", help="chip MAC (default: derived from the name)")
+    serve.add_argument("--flash-size", metavar="SIZE", help="2MB, 4MB (default), 8MB or 16MB")
+    serve.add_argument(
+        "--flash-id", metavar="JEDEC", help="flash JEDEC id in hex, e.g. c84016 (GigaDevice 4MB)"
     )
     serve.set_defaults(func=_sim_serve)
     sim.set_defaults(func=lambda _a: _usage(sim))
@@ -469,10 +541,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     func = getattr(args, "func", None)
     if func is None:
         return _usage(parser)
+    if args.command == "build":
+        from fbuild_watch.project_lock import refuse_if_watched
+
+        try:  # a watcher's builds would race this one
+            refuse_if_watched(Path(args.project), "build")
+        except FbuildError as exc:
+            return _failed(args, exc)
     try:
         return int(func(args))
     except FbuildError as exc:
-        print(f"fbuild: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _failed(args, exc)
     except KeyboardInterrupt:
         return 130
+
+
+def _failed(args: argparse.Namespace, exc: FbuildError) -> int:
+    """One line on stderr; with --json also one JSON object on stdout."""
+    print(f"fbuild: error: {exc}", file=sys.stderr)
+    if getattr(args, "json", False):
+        doc: dict[str, object] = {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
+        if args.command in ("watch", "monitor"):
+            doc = {"type": "exit", **doc}
+        print(json.dumps(doc), flush=True)
+    return exc.exit_code

@@ -41,6 +41,7 @@ class ProjectConfig:
     lnk_dir: str | None = None
     lnk_allow_http: bool = False
     lnk_max_mb: int | None = None
+    build_timeout_s: float | None = None  # None: a build may take as long as it takes
 
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -50,6 +51,7 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "elf": str,
         "outputs": list,
         "env": dict,
+        "timeout": (int, float),
     },
     "board": {"chip": str, "port": (str, list), "baud": int},
     "watch": {"paths": list, "ignore": list, "debounce_ms": int},
@@ -63,8 +65,11 @@ def _type_name(t: type | tuple[type, ...]) -> str:
         list: "an array",
         dict: "a table",
         int: "an integer",
+        float: "a number",
         bool: "true or false",
     }
+    if t == (int, float):
+        return "a number"
     if isinstance(t, tuple):
         return " or ".join(names[x] for x in t)
     return names[t]
@@ -156,6 +161,10 @@ def load_config(path: Path) -> ProjectConfig:
         except ConfigError as exc:
             raise ConfigError(f"[board] chip: {exc.problem}", source=path) from None
 
+    timeout = values.get("build.timeout")
+    if timeout is not None and not 0 < timeout < 1e9:  # also refuses nan and inf
+        raise ConfigError("[build] timeout must be a positive number of seconds", source=path)
+
     lnk_dir = values.get("lnk.dir")
     if lnk_dir is not None and (
         not lnk_dir.strip() or Path(lnk_dir).is_absolute() or ".." in Path(lnk_dir).parts
@@ -182,4 +191,5 @@ def load_config(path: Path) -> ProjectConfig:
         lnk_dir=lnk_dir,
         lnk_allow_http=values.get("lnk.allow_http", False),
         lnk_max_mb=max_mb,
+        build_timeout_s=float(timeout) if timeout is not None else None,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ from typing import Protocol
 from fbuild_watch.build.backends import Backend
 from fbuild_watch.build.objects import ObjectWatch
 from fbuild_watch.build.runner import BuildResult, BuildRun
-from fbuild_watch.errors import FbuildError
+from fbuild_watch.errors import FbuildError, RuntimeFailure
 from fbuild_watch.events import Event
+from fbuild_watch.failures import DebugLog, Supervisor
 from fbuild_watch.image.layout import ValidatedLayout
 from fbuild_watch.image.linkkey import file_stamp, link_key
 from fbuild_watch.watch.state import WatchSet
@@ -34,6 +36,10 @@ Emit = Callable[[Event], None]
 # ELF and of the most recently built objects): the boards can be taken into
 # their bootloaders as soon as an object or the ELF shows the image will change.
 LINK_POLL_S = 0.003
+# The file watcher is restarted (in polling mode) after an unexpected error;
+# this many failures within WATCHER_FAILURE_WINDOW_S end the loop instead.
+WATCHER_MAX_FAILURES = 3
+WATCHER_FAILURE_WINDOW_S = 60.0
 
 
 class Deployer(Protocol):
@@ -79,6 +85,7 @@ class Loop:
         deployer: Deployer | None = None,
         on_busy: str = "queue",
         state_file: Path | None = None,
+        debug_log: DebugLog | None = None,
     ) -> None:
         if on_busy not in ("queue", "restart"):
             raise ValueError(f"on_busy must be 'queue' or 'restart', got {on_busy!r}")
@@ -89,7 +96,14 @@ class Loop:
         self.deployer = deployer
         self.on_busy = on_busy
         self.state_file = state_file or state_path_for(backend.output_dirs(), backend.project_dir)
+        self.supervisor = Supervisor(self._report_failure, debug_log)
         self.state = "idle"
+        # part -> one line, for every part of the loop that stopped or failed
+        # unexpectedly (the views show it; see LOOP.md, "Failure model")
+        self.problems: dict[str, str] = {}
+        self.fatal: str | None = None  # the loop ended because of this
+        self.last_build_ok: bool | None = None
+        self._state_save_warned = False
         self.generation = 0  # bumped by every real change set
         self.built_generation = -1  # generation of the last finished, non-stale build
         self.paused = False
@@ -111,6 +125,26 @@ class Loop:
         self._preparing = False
         self._objects: ObjectWatch | None = None
         self._objects_refresh: asyncio.Future[None] | None = None
+        self._aio: asyncio.AbstractEventLoop | None = None
+        self._aio_thread: int | None = None
+        self._watcher_failures: list[float] = []
+
+    def _report_failure(self, part: str, message: str) -> None:
+        """Called on whatever thread failed; handled on the loop's."""
+        aio = self._aio
+        if aio is not None and threading.get_ident() != self._aio_thread and not aio.is_closed():
+            aio.call_soon_threadsafe(self._report_failure, part, message)
+            return
+        self.problems[part] = message
+        self.emit(Event("error", {"part": part, "message": message}))
+
+    def _background(self, coro: Awaitable[None], part: str) -> asyncio.Future[None]:
+        """A supervised background task: its exception is reported, never lost."""
+        task = asyncio.ensure_future(coro)
+        self._bg_tasks.add(task)
+        task.add_done_callback(self._bg_tasks.discard)
+        self.supervisor.watch(task, part)
+        return task
 
     @property
     def deploying(self) -> bool:
@@ -169,21 +203,30 @@ class Loop:
             self.emit(Event("paused" if self.paused else "resumed"))
         elif name == "reset":
             if self.deployer is not None:
-                task = asyncio.ensure_future(self.deployer.reset())
-                self._bg_tasks.add(task)
-                task.add_done_callback(self._bg_tasks.discard)
+                self._background(self.deployer.reset(), "reset")
         else:
             self.emit(Event("error", {"message": f"unknown command {name!r}"}))
 
     # -- start-up ------------------------------------------------------------------
-    def startup_scan(self) -> bool:
-        """Scan the tree against the persisted state; True if a build is needed."""
-        loaded = WatchSet.load_state(self.state_file)
+    def startup_scan(self, *, may_skip: bool = True) -> bool:
+        """Scan the tree against the persisted state; True if a build is needed.
+        `may_skip`: the last build may be reused when nothing changed since."""
+        dropped: list[str] = []  # entries of a hostile or damaged state file
+        loaded = WatchSet.load_state(self.state_file, warnings=dropped)
+        for message in dropped:
+            self.emit(Event("warning", {"message": message}))
         previous, build_fp = loaded if loaded else (None, None)
         t0 = time.monotonic()
-        changes = self.ws.scan(previous)
+        try:
+            changes = self.ws.scan(previous)
+        except OSError as exc:  # the project itself is unreadable: nothing to watch
+            where = exc.filename or self.backend.project_dir
+            raise RuntimeFailure(
+                f"cannot scan the project: {exc.strerror or exc}", source=where
+            ) from None
         scan_ms = (time.monotonic() - t0) * 1000
-        if build_fp is not None and build_fp == self.ws.fingerprint:
+        self._note_unreadable()
+        if may_skip and build_fp is not None and build_fp == self.ws.fingerprint:
             try:
                 self.last_layout = self.backend.load_layout().validate()
             except FbuildError:
@@ -258,8 +301,14 @@ class Loop:
             self._link_task = asyncio.ensure_future(
                 self._watch_link(elf, before, build, cycle, objects)
             )
+            self.supervisor.watch(self._link_task, "link watch")
         try:
             result = await build
+        except Exception as exc:  # a bug or an OS error the build run did not expect
+            message = self.supervisor.failed("build", exc)
+            result = BuildResult(
+                False, time.monotonic() - cycle.build_start, None, [], [], error=message
+            )
         finally:
             self._build_run = None
         cycle.build_end = time.monotonic()
@@ -283,10 +332,13 @@ class Loop:
             # Off the hot path: on a large tree the state is megabytes of JSON,
             # and the deploy should not wait for it.
             save = asyncio.ensure_future(asyncio.to_thread(self._save_state, fingerprint))
+            self.supervisor.watch(save, "state save")
             self._saves.add(save)
             save.add_done_callback(self._saves.discard)
         elif not result.ok and not result.cancelled and not stale:
             self.built_generation = gen  # a failed build is not retried until something changes
+        if not result.cancelled and not stale:
+            self.last_build_ok = result.ok
         return result, gen, cycle
 
     def _elf_path(self) -> Path | None:
@@ -313,9 +365,8 @@ class Loop:
                     await prev
             await asyncio.to_thread(watch.refresh)
 
-        task = self._objects_refresh = asyncio.ensure_future(refresh())
-        self._bg_tasks.add(task)
-        task.add_done_callback(self._bg_tasks.discard)
+        # a failure here only costs the next edit its head start, but is said
+        self._objects_refresh = self._background(refresh(), "object summaries")
 
     async def _watch_link(
         self,
@@ -385,8 +436,33 @@ class Loop:
                 await self.deployer.release()
 
     def _save_state(self, build_fingerprint: str) -> None:
-        with contextlib.suppress(OSError):
+        """The saved state only spares the next start a build: a failure to
+        write it is one warning, then silence (it is retried each build)."""
+        try:
             self.ws.save_state(self.state_file, build_fingerprint=build_fingerprint)
+        except OSError as exc:
+            if not self._state_save_warned:
+                self._state_save_warned = True
+                self._emit_threadsafe(
+                    Event(
+                        "warning",
+                        {
+                            "message": f"{self.state_file}: cannot save the watch state "
+                            f"({exc.strerror or exc}); the next start rebuilds"
+                        },
+                    )
+                )
+
+    def _emit_threadsafe(self, ev: Event) -> None:
+        aio = self._aio
+        if aio is not None and not aio.is_closed():
+            aio.call_soon_threadsafe(self.emit, ev)
+
+    def _note_unreadable(self) -> None:
+        """Files the watch set could not read are watched (a later edit that
+        makes them readable builds) and said once each."""
+        for rel, why in self.ws.take_unreadable():
+            self.emit(Event("warning", {"message": f"{rel}: cannot read ({why}); still watched"}))
 
     async def _deploy(
         self, layout: ValidatedLayout, cycle: Cycle | None, *, full: bool, app_only: bool
@@ -413,57 +489,73 @@ class Loop:
                     cycle.timings["save_to_first_log"] = seen - cycle.change_at
 
     async def _worker(self) -> None:
+        """Builds and deploys, one at a time. An unexpected exception in one
+        cycle is reported and the worker goes on with the next change: it
+        never ends silently."""
         while not self._quit.is_set():
             self._worker_waiting = True
             await self._wake.wait()
             self._worker_waiting = False
             self._wake.clear()
             while not self._quit.is_set():
-                if self._needs_build() and not self.paused:
-                    result, gen, cycle = await self._build()
-                    self.history.append(cycle)
-                    del self.history[:-50]
-                    if result.ok and self.generation == gen and result.layout is not None:
-                        req = self._deploy_request or {}
-                        self._deploy_request = None
-                        await self._deploy(
-                            result.layout,
-                            cycle,
-                            full=req.get("full", False),
-                            app_only=req.get("app_only", False),
-                        )
-                    elif not self._needs_build() and self._deploy_request is None:
-                        # failed (or superseded) after linking: nothing to
-                        # write, so no board stays in its bootloader
-                        await self._release()
-                    self.emit(
-                        Event(
-                            "cycle_finished",
-                            {
-                                "generation": gen,
-                                "ok": result.ok,
-                                "timings_ms": {
-                                    k: round(v * 1000, 1) for k, v in cycle.timings.items()
-                                },
-                                "save_to_first_log_ms": (
-                                    round(cycle.timings["save_to_first_log"] * 1000, 1)
-                                    if "save_to_first_log" in cycle.timings
-                                    else None
-                                ),
-                            },
-                        )
-                    )
+                try:
+                    more = await self._work_once()
+                except Exception as exc:
+                    self.supervisor.failed("build worker", exc)
                     self.state = "idle" if self.deployer is None else "monitoring"
-                    self._refresh_objects()
-                    continue
-                if self._deploy_request is not None and self.last_layout is not None:
-                    req = self._deploy_request
-                    self._deploy_request = None
-                    await self._deploy(self.last_layout, None, **req)
-                    continue
-                break
+                    more = False
+                if not more:
+                    break
+
+    async def _work_once(self) -> bool:
+        """One build (and its deploy), or one requested deploy. False: nothing to do."""
+        if self._needs_build() and not self.paused:
+            result, gen, cycle = await self._build()
+            self.history.append(cycle)
+            del self.history[:-50]
+            if result.ok and self.generation == gen and result.layout is not None:
+                req = self._deploy_request or {}
+                self._deploy_request = None
+                await self._deploy(
+                    result.layout,
+                    cycle,
+                    full=req.get("full", False),
+                    app_only=req.get("app_only", False),
+                )
+            elif not self._needs_build() and self._deploy_request is None:
+                # failed (or superseded) after linking: nothing to
+                # write, so no board stays in its bootloader
+                await self._release()
+            self.emit(
+                Event(
+                    "cycle_finished",
+                    {
+                        "generation": gen,
+                        "ok": result.ok,
+                        "timings_ms": {k: round(v * 1000, 1) for k, v in cycle.timings.items()},
+                        "save_to_first_log_ms": (
+                            round(cycle.timings["save_to_first_log"] * 1000, 1)
+                            if "save_to_first_log" in cycle.timings
+                            else None
+                        ),
+                    },
+                )
+            )
+            self.state = "idle" if self.deployer is None else "monitoring"
+            self._refresh_objects()
+            return True
+        if self._deploy_request is not None and self.last_layout is not None:
+            req = self._deploy_request
+            self._deploy_request = None
+            await self._deploy(self.last_layout, None, **req)
+            return True
+        return False
 
     async def _consume_changes(self) -> None:
+        """Hands the watcher's change sets to the loop. If the watcher fails
+        unexpectedly it is reported, the tree rescanned and the watcher
+        restarted in polling mode (events may be what broke); failing
+        again and again ends the loop with an error."""
         assert self.watcher is not None
         watcher = self.watcher
 
@@ -471,11 +563,43 @@ class Loop:
             await asyncio.sleep(0.2)  # let the source place its watches
             await watcher.probe()
 
-        probe = self._probe_task = asyncio.ensure_future(first_probe())
-        self._bg_tasks.add(probe)
-        probe.add_done_callback(self._bg_tasks.discard)
-        async for changes in watcher.changes():
-            self.files_changed(changes.paths, at=changes.first_event_at)
+        self._probe_task = self._background(first_probe(), "file watcher probe")
+        while not self._quit.is_set():
+            try:
+                async for changes in watcher.changes():
+                    self._note_unreadable()
+                    self.files_changed(changes.paths, at=changes.first_event_at)
+                return
+            except Exception as exc:
+                message = self.supervisor.failed("file watcher", exc)
+                now = time.monotonic()
+                self._watcher_failures = [
+                    t for t in self._watcher_failures if now - t < WATCHER_FAILURE_WINDOW_S
+                ] + [now]
+                if len(self._watcher_failures) >= WATCHER_MAX_FAILURES:
+                    self.fatal = f"file watcher stopped: {message}"
+                    self.problems["file watcher"] = self.fatal
+                    self.emit(Event("error", {"part": "file watcher", "message": self.fatal}))
+                    self.stop()
+                    return
+                self.emit(
+                    Event(
+                        "note",
+                        {"message": "file watcher restarted in polling mode after an error"},
+                    )
+                )
+                watcher.restart_polling()
+
+    async def _supervised(self, coro: Awaitable[None], part: str) -> None:
+        """A part the loop cannot run without: if it ends by an unexpected
+        exception, that is reported and the loop ends with it (non-zero exit)."""
+        try:
+            await coro
+        except Exception as exc:
+            message = self.supervisor.failed(part, exc)
+            self.fatal = f"{part} stopped: {message}"
+            self.problems[part] = self.fatal
+            self.stop()
 
     async def run(
         self,
@@ -485,8 +609,13 @@ class Loop:
     ) -> None:
         """Run until `quit`. `startup_build=None`: build only if needed."""
         project = str(self.backend.project_dir)
+        self._aio = asyncio.get_running_loop()
+        self._aio_thread = threading.get_ident()
         self.emit(Event("loop_started", {"project": project, "backend": self.backend.kind}))
-        need = self.startup_scan() if startup_build is None else startup_build
+        # Always scanned: the watch set (and its `.lnk` pointers, which the
+        # first build resolves) comes from this scan, even with --build.
+        changed = self.startup_scan(may_skip=startup_build is None)
+        need = changed if startup_build is None else startup_build
         if need:
             self._forced = "startup"
         elif self.last_layout is not None and self.deployer is not None:
@@ -496,9 +625,11 @@ class Loop:
             self._object_watch(elf)
             self._refresh_objects()
         self._wake.set()
-        tasks = [asyncio.ensure_future(self._worker())]
+        tasks = [asyncio.ensure_future(self._supervised(self._worker(), "build worker"))]
         if self.watcher is not None:
-            tasks.append(asyncio.ensure_future(self._consume_changes()))
+            tasks.append(
+                asyncio.ensure_future(self._supervised(self._consume_changes(), "file watcher"))
+            )
         if ready is not None:
             await ready()
         try:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
+import os
 import re
 import threading
+from collections.abc import Callable
+from io import FileIO
 from pathlib import Path
-from typing import BinaryIO
+
+log = logging.getLogger(__name__)
 
 MAX_LINE = 4096  # a longer "line" is split: a flood without newlines must not grow memory
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -74,28 +81,66 @@ def idf_level(text: str) -> str | None:
 
 
 class LogFile:
-    """Every byte the board sent, with no loss, whatever the UI drops."""
+    """Every byte the board sent, with no loss, whatever the UI drops.
 
-    def __init__(self, path: Path) -> None:
+    A file that cannot be written (full disk, removed medium, read-only) is
+    turned off at the first error: `failed` says why, `on_error` is called
+    once with that line, and the monitor goes on showing everything."""
+
+    def __init__(self, path: Path, on_error: Callable[[str], None] | None = None) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._f: BinaryIO | None = path.open("ab")
+        self.on_error = on_error or (lambda _m: None)
+        self.failed: str | None = None
+        # unbuffered: each chunk is with the OS as soon as it is read (a killed
+        # process loses nothing), and a failed write leaves no buffer behind
+        self._f: FileIO | None = None
         self._lock = threading.Lock()
         self.bytes_written = 0
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._fail(f"cannot create its directory {path.parent}", exc)
+            return
+        try:
+            self._f = FileIO(path, "ab")
+        except OSError as exc:
+            self._fail("cannot open", exc)
 
     def write(self, data: bytes) -> None:
         with self._lock:
             if self._f is not None:
-                self._f.write(data)
-                self.bytes_written += len(data)
+                view = memoryview(data)
+                try:
+                    while view:
+                        n = self._f.write(view)  # a full disk may take part of it
+                        if not n:
+                            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                        self.bytes_written += n
+                        view = view[n:]
+                except OSError as exc:
+                    self._fail("cannot write", exc)
 
     def flush(self) -> None:
-        with self._lock:
-            if self._f is not None:
-                self._f.flush()
+        """Nothing is buffered here; kept for callers that flush."""
 
     def close(self) -> None:
         with self._lock:
-            if self._f is not None:
-                self._f.close()
-                self._f = None
+            f, self._f = self._f, None
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.close()
+
+    def _fail(self, what: str, exc: OSError) -> None:
+        """Turn the file off and say so once (the lock is held)."""
+        f, self._f = self._f, None
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.close()
+        if self.failed is not None:
+            return
+        reason = exc.strerror or str(exc)
+        self.failed = f"log file {self.path}: {what}: {reason}; not logging to it"
+        try:
+            self.on_error(self.failed)
+        except Exception:  # a view's bug must not stop the monitor
+            log.exception("log file error handler failed")

@@ -18,23 +18,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fbuild_watch.build.backends import Backend, detect_backend
-from fbuild_watch.decode import CrashDetector
+from fbuild_watch.decode import Crash, CrashDetector
 from fbuild_watch.deploy.connection import BoardConnection
 from fbuild_watch.deploy.engine import BoardDeployer
 from fbuild_watch.deploy.outcome import DeployOutcome
 from fbuild_watch.deploy.ports import DEFAULT_BAUD, PortInfo, board_ports, flashing_baud
 from fbuild_watch.deploy.simport import register_sim
 from fbuild_watch.deploy.trust import FlashCache, SessionTrust
+from fbuild_watch.errors import ConfigError, FbuildError
 from fbuild_watch.events import Event
+from fbuild_watch.failures import DebugLog, Supervisor
 from fbuild_watch.image.layout import ValidatedLayout
 from fbuild_watch.image.linkkey import link_key
 from fbuild_watch.loop import Loop
 from fbuild_watch.monitor import LineSplitter, LogFile
+from fbuild_watch.project_lock import ProjectLock
 from fbuild_watch.watch import Watcher, WatchOptions, WatchSet
+from fbuild_watch.watch.watcher import state_path_for
 
 # Lines the ROM and the 2nd stage bootloader print: not yet "the new firmware".
 _BOOT_NOISE = re.compile(
-    r"^(ESP-ROM:|Build:|rst:0x|SPIWP:|mode:|clock div|load:0x|entry 0x|waiting for download|"
+    r"^(ESP-ROM:|Build:|rst:0x|Saved PC:|boot_comm|SPIWP:|mode:|clock div|load:0x|entry 0x|"
+    r"waiting for download|"
     r"[IWE] \(\d+\) (boot|boot\.esp32\w*|esp_image|cpu_start|heap_init|spi_flash|app_init"
     r"|efuse_init)\b|$)"
 )
@@ -64,7 +69,8 @@ class BoardSession:
         self.label = label
         self.session = session
         self.splitter = LineSplitter()
-        self.crash = CrashDetector()
+        # panics are collected on the reader thread, decoded on a worker
+        self.crash = CrashDetector(on_crash=self._on_crash)
         self.log_file: LogFile | None = None
         self.first_line_after: float | None = None  # set at a deploy's reset
         self.first_app_line_at: float | None = None
@@ -73,6 +79,7 @@ class BoardSession:
         self.needs_deploy = False
         # (image hash, link key of its ELF) of what the last deploy left on the board
         self.held_link: tuple[str, str | None] | None = None
+        self.ever_connected = False  # `monitor --timeout`: a port that never opened fails
         self.conn = BoardConnection(
             info,
             baud=session.opts.monitor_baud,
@@ -107,6 +114,8 @@ class BoardSession:
                 {"port": self.info.url, "board": self.label, "state": state, "message": message},
             )
         )
+        if state == "connected":
+            self.ever_connected = True
         if state == "connected" and self.needs_deploy:
             self.session.command_threadsafe("redeploy")
 
@@ -120,6 +129,12 @@ class BoardSession:
     def _on_data(self, data: bytes, t: float) -> None:
         if self.log_file is not None:
             self.log_file.write(data)
+        try:
+            self._lines(data, t)
+        except Exception as exc:  # the reader goes on; the failure is said
+            self.session.failed(f"monitor of {self.label}", exc)
+
+    def _lines(self, data: bytes, t: float) -> None:
         lines = self.splitter.feed(data)
         if not lines:
             return
@@ -132,21 +147,12 @@ class BoardSession:
                     break
         self.session.on_serial(self.label, self.info.url, t, lines)
         for line in lines:
-            found = self.crash.feed(line)
-            if found is not None:
-                reason, frames = found
-                self.session.emit_threadsafe(
-                    Event(
-                        "crash",
-                        {
-                            "port": self.info.url,
-                            "board": self.label,
-                            "reason": reason,
-                            "frames": [f.as_dict() for f in frames],
-                            "decoded": [f.describe() for f in frames],
-                        },
-                    )
-                )
+            self.crash.feed(line)
+
+    def _on_crash(self, crash: Crash) -> None:
+        """A decoded panic (on the decoding thread)."""
+        data = {"port": self.info.url, "board": self.label, **crash.as_event_data()}
+        self.session.emit_threadsafe(Event("crash", data))
 
 
 class MultiDeployer:
@@ -172,12 +178,24 @@ class MultiDeployer:
             b.first_line_after = time.monotonic()
             return b.deployer.deploy(layout, full=full, app_only=app_only)
 
-        outcomes = await asyncio.gather(*(asyncio.to_thread(run, b) for b in boards))
+        results = await asyncio.gather(
+            *(asyncio.to_thread(run, b) for b in boards), return_exceptions=True
+        )
         self._ahead = []
         elf = layout.layout.elf
         key = await asyncio.to_thread(link_key, elf) if elf is not None else None
         ok = True
-        for b, o in zip(boards, outcomes, strict=True):
+        for b, o in zip(boards, results, strict=True):
+            if isinstance(o, BaseException):
+                # the deployer reports its own failures as outcomes; this is a
+                # bug in it: said, trust dropped, redeployed when it can be
+                if not isinstance(o, Exception):
+                    raise o
+                self.session.failed(f"deploy to {b.label}", o)
+                b.deployer.trust.clear("the deploy failed unexpectedly")
+                b.first_line_after = None
+                b.needs_deploy, b.held_link, ok = True, None, False
+                continue
             if o.kind == "trust-skip" or not o.ok:
                 b.first_line_after = None  # no new firmware is going to print
             ok &= o.ok
@@ -256,6 +274,31 @@ class WatchSession:
         self._aio: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._quit_requested = False
+        self.project_lock: ProjectLock | None = None
+        self._missing_elves: set[Path] = set()
+        # failures of parts outside the loop (reader threads, deploys); the
+        # loop's own are in `loop.problems`
+        self.supervisor = Supervisor(self._on_failure)
+
+    def _on_failure(self, part: str, message: str) -> None:
+        self.emit_threadsafe(Event("error", {"part": part, "message": message}))
+
+    def failed(self, part: str, exc: Exception) -> None:
+        self.supervisor.failed(part, exc)
+
+    def failure(self) -> str | None:
+        """Why this run counts as failed (exit status 1), or None: a part of
+        the loop stopped, the last build failed, or a board's last deploy
+        did not complete (LOOP.md, "Failure model")."""
+        loop = self.loop
+        if loop is not None and loop.fatal:
+            return loop.fatal
+        if loop is not None and loop.last_build_ok is False:
+            return "the last build failed"
+        failed = [b.label for b in self.boards if b.needs_deploy]
+        if failed:
+            return f"the last deploy to {', '.join(failed)} did not complete"
+        return None
 
     # -- events ------------------------------------------------------------------
     def emit(self, ev: Event) -> None:
@@ -272,9 +315,23 @@ class WatchSession:
         """Point crash decoding at the ELF of what the boards now run."""
         elf = self.opts.elf or (layout.layout.elf if layout else None)
         if elf is None and self.backend is not None:
-            elf = self.backend.elf_path()
+            with contextlib.suppress(FbuildError):  # a broken config: the build says so
+                elf = self.backend.elf_path()
+        if elf is not None and layout is not None and not elf.is_file():
+            if elf not in self._missing_elves:  # said once per path
+                self._missing_elves.add(elf)
+                self.emit(
+                    Event(
+                        "warning",
+                        {"message": f"{elf}: ELF not found; crashes will not be decoded"},
+                    )
+                )
+            elf = None
+        # indexed now, in the background, cached under the project's .fbuild/
+        project = self.backend.project_dir if self.backend is not None else self.opts.project
+        cache = project / ".fbuild" / "symbols" if layout is not None else None
         for b in self.boards:
-            b.crash.elf = elf
+            b.crash.set_elf(elf, cache)
 
     # -- set-up -----------------------------------------------------------------
     def setup(self, *, monitor_only: bool = False) -> None:
@@ -287,12 +344,16 @@ class WatchSession:
             self.boards = [
                 BoardSession(info, label, self) for info, label in zip(infos, labels, strict=True)
             ]
+            if self.opts.elf is not None and not self.opts.elf.is_file():
+                raise ConfigError("--elf: no such file", source=self.opts.elf)
             self.set_log_file(self.opts.log_file)
             self.update_symbolizer(None)
             return
         self.backend = backend = detect_backend(self.opts.project, fqbn=self.opts.fqbn)
         cfg = backend.config
         infos = board_ports(self.opts.ports, cfg.port if cfg else ())
+        if self.opts.elf is not None and not self.opts.elf.is_file():
+            raise ConfigError("--elf: no such file", source=self.opts.elf)
         self.opts.baud = flashing_baud(self.opts.baud, cfg.baud if cfg else None)
         labels = _labels([i.url for i in infos])
         self.boards = [
@@ -308,10 +369,24 @@ class WatchSession:
             WatchOptions(quiet_ms=quiet, force_polling=self.opts.poll),
             on_note=lambda m: self.emit_threadsafe(Event("note", {"message": m})),
         )
+        state_file = state_path_for(backend.output_dirs(), backend.project_dir)
+        self.supervisor.log = DebugLog(state_file.parent / "debug.log")
         self.loop = Loop(
-            backend, ws, watcher, self.emit, deployer=MultiDeployer(self), on_busy=self.opts.on_busy
+            backend,
+            ws,
+            watcher,
+            self.emit,
+            deployer=MultiDeployer(self),
+            on_busy=self.opts.on_busy,
+            state_file=state_file,
+            debug_log=self.supervisor.log,
         )
         self.update_symbolizer(None)
+        lock = ProjectLock(backend.project_dir)
+        warning = lock.acquire()  # a second watcher on this project fails here
+        self.project_lock = lock
+        if warning is not None:
+            self.emit(Event("warning", {"message": warning}))
 
     def set_log_file(self, path: Path | None) -> None:
         for b in self.boards:
@@ -323,7 +398,9 @@ class WatchSession:
                 b.log_file = LogFile(
                     path
                     if len(self.boards) == 1
-                    else path.with_name(f"{path.stem}-{b.label}{path.suffix}")
+                    else path.with_name(f"{path.stem}-{b.label}{path.suffix}"),
+                    # a full disk: one warning, the file is turned off, the monitor goes on
+                    on_error=lambda m: self.emit_threadsafe(Event("warning", {"message": m})),
                 )
 
     # -- running -----------------------------------------------------------------
@@ -347,9 +424,11 @@ class WatchSession:
                 },
             )
         )
+        self.supervisor.install_thread_hook()
         try:
             await self.loop.run(startup_build=self.opts.build_on_start)
         finally:
+            self.supervisor.remove_thread_hook()
             self.close()
 
     def command(self, name: str) -> None:
@@ -397,6 +476,9 @@ class WatchSession:
                 b.conn.close()
             if b.log_file is not None:
                 b.log_file.close()
+        if self.project_lock is not None:
+            self.project_lock.release()
+            self.project_lock = None
 
 
 def _labels(urls: list[str]) -> list[str]:

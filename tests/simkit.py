@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import serial
 
@@ -51,4 +55,77 @@ def read_until(port: serial.SerialBase, pattern: str | bytes, timeout: float = 5
             return buf
     raise AssertionError(
         f"pattern {rx.pattern!r} not seen in {timeout}s; got:\n{buf.decode(errors='replace')[-2000:]}"
+    )
+
+
+# -- esptool and fbuild as separate processes on sim:// ports -----------------
+_SITECUSTOMIZE = '''\
+"""Test-only: sim:// ports for this process, and the boards' counters at exit."""
+import atexit
+import json
+import os
+
+import fbuild_watch.sim  # registers sim:// with pyserial
+from fbuild_watch.sim import registry
+
+_states = {}
+_make_board = registry.make_board
+
+
+def _make_and_watch(opts):  # every state the board passes through, in order
+    board = _make_board(opts)
+    _states[board.name] = seen = [board.state.value]
+    board.listeners.append(seen.append)
+    return board
+
+
+registry.make_board = _make_and_watch
+
+
+def _dump() -> None:  # registered after the registry's: runs before it closes them
+    out = {
+        name: {
+            **b.stats(),
+            "state": b.state.value,
+            "states": _states.get(name, []),
+            "tx": bytes(b.tx_record or b"").decode("latin-1"),
+        }
+        for name, b in registry._boards.items()
+    }
+    with open(os.environ["SIM_STATS"], "w") as f:
+        json.dump(out, f)
+
+
+if os.environ.get("SIM_STATS"):
+    atexit.register(_dump)
+'''
+
+
+def sim_process_env(tmp: Path) -> dict[str, str]:
+    """Environment for a child process (esptool, fbuild) that opens sim://
+    ports: boards' flash files under tmp/sim, and with SIM_STATS set, each
+    board's counters written there as JSON when the process exits."""
+    site = tmp / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["FBUILD_SIM_DIR"] = str(tmp / "sim")
+    env["FBUILD_CACHE_DIR"] = str(tmp / "cache")
+    return env
+
+
+def esptool_run(
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`python -m esptool ARGS` to completion (stdout and stderr together)."""
+    return subprocess.run(
+        [sys.executable, "-m", "esptool", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
     )

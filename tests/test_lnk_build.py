@@ -50,7 +50,7 @@ def test_fbuild_build_embeds_the_lnk_asset(
     # a broken pointer fails the build with the file named, and nothing is built
     (project / "assets" / "asset.bin.lnk").write_text('{"v": 1}')
     r = run_fbuild("build", str(project), env=env)
-    assert r.returncode == 1
+    assert r.returncode == 2  # a malformed pointer is a configuration error, as in `fbuild lnk`
     assert f'{project / "assets" / "asset.bin.lnk"}: missing "url"' in r.stdout + r.stderr
 
 

@@ -63,6 +63,7 @@ async def test_tui_quit_finishes_the_deploy_first(tmp_path: Path, monkeypatch) -
     assert len(done) == 1 and done[0].data["kind"] == "verify-probe"
     assert done[0].data["flash_state"] == "verified"
     assert app.exit_report and "verify-probe: wrote" in app.exit_report[0]
+    assert app.return_value == 130  # Ctrl+C, as in the line modes
 
 
 async def test_tui_second_quit_aborts_and_reports_the_flash(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -72,7 +73,7 @@ async def test_tui_second_quit_aborts_and_reports_the_flash(tmp_path: Path, monk
     try:
         async with app.run_test(size=(140, 40)) as pilot:
             await wait_until(pilot, board.faults.held.is_set, timeout=60)
-            await pilot.press("ctrl+c")
+            await pilot.press("q")
             await wait_until(pilot, lambda: "quitting after the deploy" in status(app))
             await pilot.press("q")
             await _until_exit(app)
@@ -82,6 +83,9 @@ async def test_tui_second_quit_aborts_and_reports_the_flash(tmp_path: Path, monk
     assert done.data["kind"] == "failed" and done.data["error"] == "aborted by the user"
     assert done.data["flash_state"].startswith("partially written")
     assert "partially written" in app.exit_report[0]
+    # the run failed: the board is left half written
+    assert app.return_value == 1
+    assert app.exit_report[-1].startswith("fbuild: error: the last deploy to")
     assert app.session.boards[0].deployer.trust.trusted is None
 
 

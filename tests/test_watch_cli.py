@@ -68,7 +68,10 @@ def test_json_mode_with_stdin_commands(tmp_path: Path) -> None:
         ev.expect(lambda e: e["type"] == "serial_line" and "counter" in e["text"])
 
         ev.send("quit")
-        assert proc.wait(timeout=20) == 0
+        # the session ends with its last build failed: exit status 1, said last
+        assert proc.wait(timeout=20) == 1
+        end = ev.expect(lambda e: e["type"] == "exit")
+        assert end["ok"] is False and end["error"] == "the last build failed"
     finally:
         if proc.poll() is None:
             proc.kill()

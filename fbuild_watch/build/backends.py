@@ -20,6 +20,8 @@ from fbuild_watch.lnk.fetch import DEFAULT_MAX_BYTES, FetchPolicy
 from fbuild_watch.lnk.resolve import DEFAULT_RESOURCE_DIR
 from fbuild_watch.watch.ignore import IgnoreRules
 
+BUILD_LOG_NAME = "build.log"
+
 
 class NoProjectError(ConfigError):
     """The directory is not a project of any kind we know."""
@@ -57,6 +59,15 @@ class Backend:
 
     def describe(self) -> str:
         return f"{self.kind} project at {self.project_dir}"
+
+    def build_log_path(self) -> Path:
+        """The last build's whole output (`.fbuild/` is never watched, and is
+        not any build system's directory)."""
+        return self.project_dir / ".fbuild" / BUILD_LOG_NAME
+
+    def build_timeout_s(self) -> float | None:
+        """`[build] timeout`; None (the default): no limit."""
+        return self.config.build_timeout_s if self.config else None
 
     # -- what is watched, and where `.lnk` resources materialize ------------------
     def resource_dir(self) -> Path:

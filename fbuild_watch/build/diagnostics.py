@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -61,12 +62,39 @@ def parse_line(text: str) -> Diagnostic | None:
     return None
 
 
-def parse_output(lines: list[str]) -> list[Diagnostic]:
-    out: list[Diagnostic] = []
-    seen: set[Diagnostic] = set()
-    for text in lines:
+class DiagnosticCollector:
+    """Diagnostics found while the output streams by, bounded: the first
+    `limit` and the last `tail` after those (a flood of warnings must not
+    grow without end, and GCC's errors usually come last)."""
+
+    def __init__(self, limit: int = 500, tail: int = 100) -> None:
+        self.limit = limit
+        self._first: list[Diagnostic] = []
+        self._seen: set[Diagnostic] = set()
+        self._last: deque[Diagnostic] = deque(maxlen=tail)
+
+    def feed(self, text: str) -> None:
         d = parse_line(text)
-        if d is not None and d not in seen:  # make prints some twice
-            seen.add(d)
-            out.append(d)
-    return out
+        if d is None or d in self._seen:  # make prints some twice
+            return
+        if len(self._first) < self.limit:
+            self._first.append(d)
+            self._seen.add(d)
+        elif not self._last or self._last[-1] != d:
+            self._last.append(d)
+
+    def result(self) -> list[Diagnostic]:
+        out = list(self._first)
+        seen = set(self._seen)
+        for d in self._last:
+            if d not in seen:
+                seen.add(d)
+                out.append(d)
+        return out
+
+
+def parse_output(lines: list[str]) -> list[Diagnostic]:
+    collector = DiagnosticCollector()
+    for text in lines:
+        collector.feed(text)
+    return collector.result()

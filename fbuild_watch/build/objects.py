@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fbuild_watch.image.linkkey import file_stamp
+from fbuild_watch.image.linkkey import file_stamp, read_regular
 from fbuild_watch.image.objkey import ObjectSummary, linked_names, summarize
 
 OBJECT_SUFFIXES = (".o", ".obj")
@@ -50,10 +50,8 @@ class ObjectWatch:
         stamp = file_stamp(self.elf)
         kept = self._kept_of[1]
         if stamp is None or stamp != self._kept_of[0]:
-            try:
-                kept = linked_names(self.elf.read_bytes())
-            except OSError:
-                kept = None
+            elf = read_regular(self.elf)
+            kept = linked_names(elf) if elf is not None else None
             self._kept_of = (stamp, kept)
         found: list[tuple[int, Path, Stamp]] = []
         for dirpath, _, files in os.walk(self.root):
@@ -72,10 +70,8 @@ class ObjectWatch:
             if old is not None and old[0] == stamp:
                 objects[path] = old
                 continue
-            try:
-                summary = summarize(path.read_bytes())
-            except OSError:
-                summary = None
+            data = read_regular(path)
+            summary = summarize(data) if data is not None else None
             if summary is not None:
                 objects[path] = (stamp, summary)
         hot = [path for _, path, _ in found[:HOT] if path in objects]
@@ -113,10 +109,8 @@ class BuildObjects:
         kept = self._known.kept
         for path in paths:
             stamp = file_stamp(path)
-            try:
-                summary = summarize(path.read_bytes())
-            except OSError:
-                summary = None
+            data = read_regular(path)
+            summary = summarize(data) if data is not None else None
             if summary is None or stamp is None or file_stamp(path) != stamp:
                 continue
             self._checked[path] = stamp

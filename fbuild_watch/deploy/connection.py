@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import serial
+from esptool.loader import DEFAULT_SERIAL_WRITE_TIMEOUT, DEFAULT_TIMEOUT, ESP_ROM_BAUD
 
 from fbuild_watch.deploy.ports import PortInfo
 from fbuild_watch.deploy.simport import sim_present
@@ -31,6 +34,13 @@ FAST_REOPEN_S = 0.01  # right after our own reset a USB re-enumeration is expect
 # The reader's read timeout. A deploy interrupts the read (cancel_read) where
 # the port supports it; elsewhere (rfc2217, socket) this bounds its wait.
 READ_TIMEOUT_S = 0.01
+# A TCP serial server that already has a client accepts and closes a second
+# one (`fbuild sim serve`, ser2net); a close this soon after connecting, before
+# any byte, means "busy". Waited only on socket:// opens with a silent board.
+NETWORK_BUSY_WINDOW_S = 0.1
+# A network connection ending this soon after it opened, before any byte
+# arrived, was refused by a busy server (the close came after the window).
+NETWORK_BUSY_LATE_S = 2.0
 
 
 class CountingPort:
@@ -93,6 +103,10 @@ class BoardConnection:
         self.state = "closed"
         self.disconnects: list[float] = []  # monotonic times of disconnect edges
         self.last_data_at = 0.0
+        # why the port is not open now ("" while it is): the busy or open error
+        self.unavailable = ""
+        self._opened_at = 0.0
+        self._got_data = False  # since the last open
         self._fast_until = 0.0
         self._lock = threading.Lock()
         self._go = threading.Event()  # set while the reader may read; cleared by a deploy
@@ -115,6 +129,7 @@ class BoardConnection:
         except RuntimeFailure as exc:
             if not wait:
                 raise
+            self.unavailable = str(exc)
             self._set_state("waiting", str(exc))
         self._stop.clear()
         self._thread = threading.Thread(target=self._reader, name=f"reader-{self.url}", daemon=True)
@@ -131,16 +146,45 @@ class BoardConnection:
             )
             port.open()
         except (serial.SerialException, OSError, ValueError) as exc:
-            text = str(exc)
-            if "busy" in text.lower() or "lock" in text.lower():
-                # e.g. another monitor; `fuser PORT` or `lsof PORT` names it
-                raise RuntimeFailure(
-                    f"{self.url}: port busy: another program has it open"
-                ) from None
-            raise RuntimeFailure(f"{self.url}: cannot open port: {text}") from None
+            raise RuntimeFailure(self._open_error(str(exc))) from None
+        if self.url.startswith("socket://") and _closed_at_once(port):
+            with contextlib.suppress(Exception):
+                port.close()
+            raise RuntimeFailure(self._busy_message())
         with self._lock:
             self.port = port
+            self._opened_at = time.monotonic()
+            self._got_data = False
+        self.unavailable = ""
         self._set_state("connected", "")
+
+    def _busy_message(self) -> str:
+        if "://" in self.url and not self.url.startswith("sim://"):
+            # `fuser`/`lsof` cannot name a remote holder: say what was seen
+            return (
+                f"{self.url}: port busy: the server closed the connection at once "
+                "(another client has the port open)"
+            )
+        return f"{self.url}: port busy: another program has it open"
+
+    def _open_error(self, text: str) -> str:
+        """One line for a failed open, "port busy" whatever the port type."""
+        low = text.lower()
+        if "busy" in low or "lock" in low:
+            # e.g. another monitor; `fuser PORT` or `lsof PORT` names it (a
+            # virtual board's lock names its holder itself)
+            held = (
+                text[low.index("held by") :] if "held by" in low else "another program has it open"
+            )
+            return f"{self.url}: port busy: {held}"
+        if self.url.startswith("rfc2217://") and "rfc2217" in low:
+            # pyserial's "Remote does not seem to support RFC2217": an RFC 2217
+            # server serving another client keeps us in its backlog, unanswered
+            return (
+                f"{self.url}: port busy: the RFC 2217 server did not answer "
+                "(another client has the port open, or it is not an RFC 2217 server)"
+            )
+        return f"{self.url}: cannot open port: {text}"
 
     def close(self) -> None:
         self._stop.set()
@@ -189,6 +233,7 @@ class BoardConnection:
                 self._lost(str(exc))
                 continue
             if data:
+                self._got_data = True
                 self.last_data_at = time.monotonic()
                 try:
                     self.on_data(data, time.time())
@@ -202,6 +247,21 @@ class BoardConnection:
             with contextlib.suppress(Exception):
                 port.close()
         self.disconnects.append(time.monotonic())
+        after = time.monotonic() - self._opened_at
+        if (
+            "://" in self.url
+            and not self.url.startswith("sim://")
+            and not self._got_data
+            and after < NETWORK_BUSY_LATE_S
+        ):
+            # most likely a busy server whose close came after our open returned
+            self.unavailable = (
+                f"{self.url}: port busy? the server closed the connection {after:.1f} s "
+                "after it opened, before any data (another client may have the port open)"
+            )
+            self._set_state("waiting", self.unavailable)
+            return
+        self.unavailable = f"{self.url}: port disappeared ({reason})"
         self._set_state("waiting", f"port disappeared ({reason}); waiting for the board")
 
     def expect_reenumeration(self, window_s: float = 3.0) -> None:
@@ -215,8 +275,10 @@ class BoardConnection:
             return
         if not self._go.is_set() or not _present(self.info):
             return
-        with contextlib.suppress(RuntimeFailure):
+        try:
             self._open_port()
+        except RuntimeFailure as exc:
+            self.unavailable = str(exc)  # e.g. busy: a deploy says so, not "not connected"
 
     def check_alive(self) -> bool:
         """Ask the port itself (not the reader's last view) whether it is
@@ -234,21 +296,28 @@ class BoardConnection:
     # -- exclusive use by a deploy ----------------------------------------------
     @contextlib.contextmanager
     def exclusive(self, timeout: float = 5.0) -> Iterator[ExclusiveUse]:
-        """Pause the reader and lend the open port (wrapped to count bytes)."""
-        if self.port is None:
-            deadline = time.monotonic() + timeout
-            while self.port is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if self.port is None:
-                raise RuntimeFailure(f"{self.url}: board not connected")
+        """Pause the reader and lend the open port (wrapped to count bytes),
+        set up as esptool sets up a port it opens; ours are restored after.
+        RuntimeFailure (one line: busy, gone, ...) when there is no port."""
+        deadline = time.monotonic() + timeout
+        while self.port is None:
+            if time.monotonic() >= deadline:
+                raise RuntimeFailure(self.unavailable or f"{self.url}: board not connected")
+            time.sleep(0.02)
         self._go.clear()
         port = self.port
-        if self._thread is not None and self._thread.is_alive():
+        if port is not None and self._thread is not None and self._thread.is_alive():
             _interrupt_read(port)  # the reader may sit in read() for READ_TIMEOUT_S
             self._paused.wait(timeout)
             _clear_interrupt(port)
-        use = ExclusiveUse(self)
+        # the reader may have lost the port before it paused
+        port = self.port
+        if port is None:
+            self._go.set()
+            raise RuntimeFailure(self.unavailable or f"{self.url}: board not connected")
+        use = ExclusiveUse(self, port)
         try:
+            use.lend()
             yield use
         finally:
             use.resume()
@@ -277,15 +346,70 @@ def _clear_interrupt(port: Any) -> None:
         clear()
 
 
+def _closed_at_once(port: Any) -> bool:
+    """Whether a just-opened socket:// port's server closed it at once (a
+    server that already has a client does that). Bytes already sent stay
+    buffered for the reader; a silent board costs NETWORK_BUSY_WINDOW_S."""
+    sock = getattr(port, "_socket", None)
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], NETWORK_BUSY_WINDOW_S)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:  # reset by the peer
+        return True
+
+
+# What esptool's ESPLoader sets on a port it opens itself; the reader's own
+# settings (a 10 ms read timeout above all) would cut esptool's reads short.
+_LENT_SETTINGS = ("baudrate", "timeout", "inter_byte_timeout", "write_timeout")
+
+
+def _esptool_settings() -> dict[str, Any]:
+    # esptool opens with no read timeout and sets one per command; its reads
+    # outside a command (the stub's "OHAI", read_flash's data) then wait for
+    # the bytes. Its default command timeout bounds them here instead, so a
+    # board that died mid-deploy fails the deploy rather than hanging it.
+    return {
+        "baudrate": ESP_ROM_BAUD,
+        "timeout": DEFAULT_TIMEOUT,
+        "inter_byte_timeout": None,
+        "write_timeout": DEFAULT_SERIAL_WRITE_TIMEOUT,
+    }
+
+
+def _apply(port: Any, settings: dict[str, Any]) -> None:
+    for name, value in settings.items():
+        if getattr(port, name) == value:
+            continue  # a tty reconfigures on every set
+        try:
+            setattr(port, name, value)
+        except NotImplementedError:
+            # pyserial's rfc2217 has no write timeout (esptool does the same)
+            setattr(port, name, None)
+
+
 class ExclusiveUse:
-    def __init__(self, conn: BoardConnection) -> None:
+    def __init__(self, conn: BoardConnection, port: Any) -> None:
         self.conn = conn
-        self.port = CountingPort(conn.port)
+        self.port = CountingPort(port)
         self.resumed = False
+        self._saved: dict[str, Any] | None = None
+
+    def lend(self) -> None:
+        """Give the port esptool's settings, remembering the reader's."""
+        raw = self.port._port
+        self._saved = {name: getattr(raw, name) for name in _LENT_SETTINGS}
+        _apply(raw, _esptool_settings())
 
     def resume(self) -> None:
-        """Give the port back to the reader (before a reset, so the first
-        boot byte is read)."""
+        """Give the port back to the reader with its settings (before a
+        reset, so the first boot byte is read)."""
         if not self.resumed:
             self.resumed = True
+            if self._saved is not None:
+                try:
+                    _apply(self.port._port, self._saved)
+                except Exception as exc:  # a vanished port: the reader notices and says so
+                    log.debug("restoring %s settings failed: %s", self.conn.url, exc)
             self.conn.resume()

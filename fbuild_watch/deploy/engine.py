@@ -461,11 +461,6 @@ class BoardDeployer:
         self.trust.set(
             TrustedImage(identity, new_known, layout.image_hash, usb_serial=_usb_serial(self.conn))
         )
-        if self.cache is not None:
-            self.cache.save(
-                identity,
-                {r.offset: r.data for r in layout.layout.regions if r in regions} | new_known,
-            )
 
         # -- reset into the app, reading from the first byte ---------------------
         out.wire_bytes_sent, out.wire_bytes_received = use.port.sent, use.port.received
@@ -475,6 +470,15 @@ class BoardDeployer:
         out.resets += 1
         reset_at = time.monotonic()
         out.phases["reset"] = reset_at - t
+        if self.cache is not None:
+            # After the reset (it overlaps the boot) and never fatal: the
+            # cache only spares the next session some MD5 probes.
+            warning = self.cache.save(
+                identity,
+                {r.offset: r.data for r in layout.layout.regions if r in regions} | new_known,
+            )
+            if warning:
+                out.warnings.append(warning)
         while (
             self.conn.last_data_at <= before and time.monotonic() - reset_at < FIRST_BYTE_TIMEOUT_S
         ):
@@ -499,7 +503,11 @@ class BoardDeployer:
     ) -> list[Run]:
         """Runs to write when nothing is trusted: the cached last layout
         confirmed by one MD5 per region, else MD5 probes."""
-        cached = self.cache.load(self.identity) if self.cache and self.identity else {}
+        cached = (
+            self.cache.load(self.identity, out.warnings.append)
+            if self.cache and self.identity
+            else {}
+        )
         runs: list[Run] = []
         for r in regions:
             if r.size > BLOCK:

@@ -27,6 +27,9 @@ class DeployOutcome:
     error: str | None = None
     flash_state: str | None = None  # after a failure: what is known to be on flash
     log: list[str] = field(default_factory=list)
+    # things that did not fail the deploy but the user should know (an
+    # optional cache that could not be written, a state entry dropped)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -37,7 +40,14 @@ class DeployOutcome:
         return self.wire_bytes_sent + self.wire_bytes_received
 
     def summary(self) -> str:
-        """One line in words, for the status bar and plain mode."""
+        """One line in words, for the status bar and plain mode; warnings
+        ride along so that every view shows them."""
+        text = self._summary()
+        for w in self.warnings:
+            text += f"; warning: {w}"
+        return text
+
+    def _summary(self) -> str:
         if self.kind == "trust-skip":
             if self.resets:  # connected ahead of an image the board already held
                 return "skipped: board already holds this image (it was reset)"
@@ -72,4 +82,5 @@ class DeployOutcome:
             "identity": self.identity,
             "error": self.error,
             "flash_state": self.flash_state,
+            "warnings": list(self.warnings),
         }

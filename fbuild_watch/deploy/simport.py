@@ -7,18 +7,28 @@ user with real hardware only may not have installed.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fbuild_watch.sim.board import VirtualBoard
+
+
+def _board(url: str) -> VirtualBoard | None:
+    from fbuild_watch.sim.registry import SimUrlError, get_board, parse_url
+
+    try:
+        return get_board(parse_url(url).name)
+    except SimUrlError:
+        return None  # opening the port says what is wrong with the URL
+
 
 def sim_present(url: str) -> bool:
-    from fbuild_watch.sim.registry import get_board, parse_url
-
-    board = get_board(parse_url(url).name)
+    board = _board(url)
     return board is None or board.present  # not created yet: opening creates it
 
 
 def sim_usb_serial(url: str) -> str | None:
-    from fbuild_watch.sim.registry import get_board, parse_url
-
-    board = get_board(parse_url(url).name)
+    board = _board(url)
     if board is None:
         return None
     # USB-Serial/JTAG reports the chip MAC as its serial number; a bridge chip

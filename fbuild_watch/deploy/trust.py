@@ -14,10 +14,14 @@ diff base: the next session confirms it with one device MD5 per region.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import stat
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,18 +86,42 @@ class SessionTrust:
 
 
 class FlashCache:
-    """Last verified layout per board MAC, persisted across sessions."""
+    """Last verified layout per board MAC, persisted across sessions.
+
+    Optional: a cache dir that is missing, full, read-only or not a directory
+    makes it "not cached" (one warning per episode), never a failed deploy."""
 
     def __init__(self, root: Path | None = None) -> None:
         base = os.environ.get("FBUILD_CACHE_DIR")
         self.root = (
             root or (Path(base) if base else Path(user_cache_dir("fbuild-watch"))) / "flashed"
         )
+        self._warned = False  # one warning until a save works again
+        self._lock = threading.Lock()  # boards deploy on parallel threads
 
     def _dir(self, identity: str) -> Path:
         return self.root / identity.replace(":", "").lower()
 
-    def save(self, identity: str, regions: dict[int, bytes]) -> None:
+    def save(self, identity: str, regions: dict[int, bytes]) -> str | None:
+        """Persist the layout; returns a one-line warning the first time it
+        cannot (then None until a save succeeds again). Never raises OSError."""
+        try:
+            self._save(identity, regions)
+        except OSError as exc:
+            with self._lock:
+                first, self._warned = not self._warned, True
+            if not first:
+                return None
+            where = exc.filename or self.root
+            return (
+                f"flash cache not saved ({where}: {exc.strerror or exc}); "
+                "deploys still work, the next session probes the board"
+            )
+        with self._lock:
+            self._warned = False
+        return None
+
+    def _save(self, identity: str, regions: dict[int, bytes]) -> None:
         d = self._dir(identity)
         d.mkdir(parents=True, exist_ok=True)
         manifest = []
@@ -110,13 +138,28 @@ class FlashCache:
             )
         atomic_write(d / "manifest.json", json.dumps({"version": 1, "regions": manifest}).encode())
 
-    def load(self, identity: str) -> dict[int, bytes]:
+    def load(self, identity: str, warn: Callable[[str], None] | None = None) -> dict[int, bytes]:
+        """The cached layout (regions whose bytes still match the manifest).
+        A manifest entry naming a file outside this board's directory (`..`,
+        an absolute path, a symlink out) is dropped and `warn` is told."""
         d = self._dir(identity)
         try:
             doc = json.loads((d / "manifest.json").read_text())
+            base = d.resolve()
             out = {}
             for r in doc["regions"]:
-                data = (d / r["file"]).read_bytes()
+                file = (d / r["file"]).resolve()
+                if not file.is_relative_to(base) or file == base:
+                    if warn is not None:
+                        warn(
+                            f"{d / 'manifest.json'}: entry {r['file']!r} points outside "
+                            f"{d}; ignored"
+                        )
+                    continue
+                st = file.stat()
+                if not stat.S_ISREG(st.st_mode) or st.st_size != r["size"]:
+                    continue  # a stale entry; and never read a device or a huge file
+                data = file.read_bytes()
                 if len(data) == r["size"] and hashlib.sha256(data).hexdigest() == r["sha256"]:
                     out[int(r["offset"])] = data
             return out
@@ -126,4 +169,5 @@ class FlashCache:
     def forget(self, identity: str) -> None:
         d = self._dir(identity)
         with_manifest = d / "manifest.json"
-        with_manifest.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            with_manifest.unlink(missing_ok=True)

@@ -16,6 +16,8 @@ validated image itself. Hence the narrow scope: 32-bit little-endian ELF
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import struct
 from pathlib import Path
 
@@ -24,6 +26,23 @@ _PHDR = struct.Struct("<8I")
 _PT_LOAD = 1
 
 _memo: dict[tuple[str, int, int, int], str | None] = {}
+# Real ESP-IDF ELFs are 5-30 MB; anything past this is not an ELF of ours
+# (an output path symlinked to /dev/zero must not be read until memory ends).
+MAX_ELF_BYTES = 512 << 20
+
+
+def read_regular(path: Path, limit: int = MAX_ELF_BYTES) -> bytes | None:
+    """The file's bytes if it is a regular file of at most `limit` bytes,
+    else None (a device, FIFO or directory is never read)."""
+    try:
+        with path.open("rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+                return None
+            data = f.read(limit + 1)
+    except OSError:
+        return None
+    return data if len(data) <= limit else None
 
 
 def file_stamp(path: Path) -> tuple[int, int, int] | None:
@@ -45,9 +64,8 @@ def link_key(path: Path) -> str | None:
     memo_key = (str(path), *stamp)
     if memo_key in _memo:
         return _memo[memo_key]
-    try:
-        data = path.read_bytes()
-    except OSError:
+    data = read_regular(path)
+    if data is None:
         return None
     key = _key(data)
     if key is not None:  # a partial file may still become whole under the same stamp

@@ -7,6 +7,8 @@ a snapshot that later steps validate and flash.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from fbuild_watch.image.chips import (
     OTADATA_OFFSET,
     PARTITION_TABLE_OFFSET,
     Chip,
+    format_size,
     normalize_chip,
     parse_flash_size,
 )
@@ -26,21 +29,58 @@ from fbuild_watch.image.layout import APP, BOOTLOADER, OTADATA, PARTITION_TABLE,
 _FLASHER_ARGS_KINDS = (BOOTLOADER, APP, PARTITION_TABLE, OTADATA)
 
 
-def _read(path: Path, *, what: str) -> bytes:
+# No ESP flash image is larger than the flash; when the layout does not say
+# how big that is, 16 MiB (the largest flash of most ESP32 modules) caps a
+# file before it is read: an image path pointing at /dev/zero or a runaway
+# build output is refused, not read until memory runs out.
+MAX_IMAGE_BYTES = 16 << 20
+MAX_JSON_BYTES = 16 << 20  # a layout description is a few KiB
+
+
+def read_regular(path: Path, *, what: str, limit: int, why: str | None = None) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, else ImageError
+    naming the file and the problem. Opened without blocking (a FIFO would
+    wait for a writer) and read at most `limit` + 1 bytes (a file that grows
+    while it is read is refused too). `why` names the limit in the error."""
+    cap = why or f"{limit} bytes"
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ImageError(f"{what} file is missing", source=path) from None
     except OSError as exc:
         raise ImageError(f"cannot read {what} file: {exc.strerror}", source=path) from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"{what} file is not a regular file", source=path)
+        if st.st_size > limit:
+            raise ImageError(
+                f"{what} file is {st.st_size} bytes, larger than {cap}",
+                source=path,
+            )
+        try:
+            data = f.read(limit + 1)
+        except OSError as exc:
+            raise ImageError(f"cannot read {what} file: {exc.strerror}", source=path) from None
+    if len(data) > limit:
+        raise ImageError(f"{what} file grew past {cap} while it was read", source=path)
+    return data
+
+
+def _read(path: Path, *, what: str, flash_size: int | None = None) -> bytes:
+    """An image file, capped at the flash size (MAX_IMAGE_BYTES when unknown)."""
+    if flash_size is not None:
+        why = f"the {format_size(flash_size)} flash"
+    else:
+        why = f"{MAX_IMAGE_BYTES >> 20} MiB (the cap while the flash size is unknown)"
+    return read_regular(path, what=what, limit=flash_size or MAX_IMAGE_BYTES, why=why)
 
 
 def _load_json(path: Path) -> Any:
+    raw = read_regular(path, what="layout", limit=MAX_JSON_BYTES)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ImageError("file is missing", source=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ImageError(f"cannot read: {exc}", source=path) from None
     try:
         return json.loads(text)
@@ -85,6 +125,8 @@ def load_flasher_args(path: Path, *, chip: str | None = None) -> FlashLayout:
     if not isinstance(doc, dict) or not isinstance(doc.get("flash_files"), dict):
         raise ImageError("no 'flash_files' object (not an ESP-IDF flasher_args.json?)", source=path)
     base = path.parent
+    settings = doc.get("flash_settings") or {}
+    flash_size = parse_flash_size(str(settings.get("flash_size", "detect")))
     names: dict[int, str] = {}
     for kind in _FLASHER_ARGS_KINDS:
         entry = doc.get(kind)
@@ -97,14 +139,13 @@ def load_flasher_args(path: Path, *, chip: str | None = None) -> FlashLayout:
             raise ImageError(f"flash_files[{off_text!r}] is not a path", source=path)
         file = base / rel
         name = names.get(offset, f"extra@0x{offset:x}")
-        regions.append(Region(name, offset, _read(file, what=name), file))
-    settings = doc.get("flash_settings") or {}
+        regions.append(Region(name, offset, _read(file, what=name, flash_size=flash_size), file))
     extra = doc.get("extra_esptool_args") or {}
     return FlashLayout(
         chip=_resolve_chip(chip or extra.get("chip"), regions, path),
         regions=tuple(regions),
         flash_mode=settings.get("flash_mode"),
-        flash_size=parse_flash_size(str(settings.get("flash_size", "detect"))),
+        flash_size=flash_size,
         flash_freq=settings.get("flash_freq"),
         source=path,
     )
@@ -205,7 +246,7 @@ def load_pairs(
         name = _name_for_file(file, offset, app_offset)
         if name.startswith("extra@") and offset == PARTITION_TABLE_OFFSET:
             name = PARTITION_TABLE
-        regions.append(Region(name, offset, _read(file, what=name), file))
+        regions.append(Region(name, offset, _read(file, what=name, flash_size=flash_size), file))
     src = Path(pairs[0][1]).parent if pairs else Path()
     return FlashLayout(
         chip=_resolve_chip(chip, regions, src),

@@ -5,6 +5,10 @@ digest was checked, so a reader never sees a partial or wrong blob. Blobs
 are read-only (they are hardlinked into build trees). A small `.meta` file
 beside each blob remembers the stat it had when verified, which makes the
 per-build check a stat instead of a re-hash; `fbuild lnk check` re-hashes.
+
+The cache is optional: reads treat an unusable cache dir (missing, not a
+directory, unreadable) as empty; writes raise OSError, and the resolver then
+downloads into the project's resource dir instead (resolve.py).
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ class BlobCache:
         path = self.path(sha256)
         try:
             st = path.stat()
-        except FileNotFoundError:
+        except OSError:  # absent, or the cache dir is not usable: not cached
             return None
         try:
             recorded = json.loads(self._meta(sha256).read_text())["stat"]
@@ -87,7 +91,7 @@ class BlobCache:
         path = self.path(sha256)
         try:
             digest = hash_file(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         if digest != sha256:
             return False
@@ -96,14 +100,20 @@ class BlobCache:
 
     def discard(self, sha256: str) -> None:
         for p in (self.path(sha256), self._meta(sha256)):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # a read-only cache keeps it; lookup re-hashes
                 p.unlink()
 
     def _record(self, sha256: str) -> None:
+        """Remember the verified stat; only an optimisation, so a cache that
+        cannot take the small file just re-hashes next time."""
         meta = self._meta(sha256)
         tmp = meta.with_name(f"{meta.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"stat": _stamp(self.path(sha256).stat())}))
-        tmp.replace(meta)
+        try:
+            tmp.write_text(json.dumps({"stat": _stamp(self.path(sha256).stat())}))
+            tmp.replace(meta)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
     def writer(self, sha256: str | None, *, limit: int) -> BlobWriter:
         """`sha256=None` (fbuild lnk add): the blob is stored under whatever
@@ -177,6 +187,7 @@ class BlobWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self._f.closed:
+        with contextlib.suppress(OSError):  # closing a file on a full disk can fail too
             self._f.close()
-        self._tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self._tmp.unlink(missing_ok=True)

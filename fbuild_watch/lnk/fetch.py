@@ -81,7 +81,13 @@ class Fetcher:
         except OSError as exc:
             raise RuntimeFailure(f"cannot read {path}: {exc.strerror or exc}") from None
         with f:
-            while chunk := f.read(CHUNK):
+            while True:
+                try:
+                    chunk = f.read(CHUNK)
+                except OSError as exc:  # a read error is the source's, not the cache's
+                    raise RuntimeFailure(f"cannot read {path}: {exc.strerror or exc}") from None
+                if not chunk:
+                    break
                 writer.write(chunk)
                 if progress:
                     progress(writer.size, size)

@@ -4,8 +4,11 @@ rename, so the build never sees half of it.
 
 Archives are untrusted input: absolute paths, `..`, symlinks, hard links and
 device files are refused (zip slip), and so is an archive that would expand
-past a size or entry-count limit (zip bomb) - counted on the bytes actually
-written, not on what the headers claim.
+past a size or entry-count limit (zip bomb). Both are checked twice: first
+on the archive's own metadata, before anything is written (the zip central
+directory's entry count from its end record, then the declared sizes; the
+tar headers in a streaming pass), then on the bytes actually written, so a
+header that lies still stops at the limit.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -102,12 +106,65 @@ def _write_member(
     out.chmod(0o755 if mode & 0o111 else 0o644)
 
 
+_EOCD = b"PK\x05\x06"
+_ZIP64_LOCATOR = b"PK\x06\x07"
+_ZIP64_EOCD = b"PK\x06\x06"
+
+
+def zip_entry_count(blob: Path) -> int | None:
+    """Entries the zip says it holds, from its end-of-central-directory
+    record (zip64 too): a few hundred bytes read, whatever the entry count.
+    None when there is no such record (then zipfile says why)."""
+    with blob.open("rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        n = min(size, 22 + 0xFFFF + 20)  # the record, the longest comment, the zip64 locator
+        f.seek(size - n)
+        tail = f.read(n)
+        i = tail.rfind(_EOCD)
+        if i < 0 or len(tail) - i < 22:
+            return None
+        total = int.from_bytes(tail[i + 10 : i + 12], "little")
+        if total == 0xFFFF and i >= 20 and tail[i - 20 : i - 16] == _ZIP64_LOCATOR:
+            f.seek(int.from_bytes(tail[i - 12 : i - 4], "little"))
+            rec = f.read(56)
+            if rec[:4] == _ZIP64_EOCD and len(rec) == 56:
+                total = int.from_bytes(rec[32:40], "little")
+        return total
+
+
+def _check_zip(zf: zipfile.ZipFile, budget: _Budget) -> None:
+    """Refuse from the central directory alone, before writing a byte."""
+    declared = 0
+    for info in zf.infolist():
+        rel = info.filename.rstrip("/") if info.is_dir() else info.filename
+        safe_member_path(rel)
+        kind = stat.S_IFMT(info.external_attr >> 16)
+        if kind == stat.S_IFLNK:
+            raise ArchiveError(f"archive entry {info.filename!r} is a symlink")
+        if not info.is_dir() and kind not in (0, stat.S_IFREG):
+            raise ArchiveError(f"archive entry {info.filename!r} is not a regular file")
+        declared += info.file_size
+    if declared > budget.max_bytes:
+        raise ArchiveError(
+            f"archive expands past the limit of {budget.max_bytes} bytes ({declared} bytes)"
+        )
+
+
 def _extract_zip(blob: Path, root: Path, budget: _Budget) -> None:
+    try:
+        count = zip_entry_count(blob)
+    except OSError as exc:
+        raise ArchiveError(f"cannot read the archive: {exc.strerror or exc}") from None
+    if count is not None and count > budget.max_entries:
+        raise ArchiveError(f"archive has more than {budget.max_entries} entries ({count})")
     try:
         zf = zipfile.ZipFile(blob)
     except zipfile.BadZipFile as exc:
         raise ArchiveError(f"not a zip archive: {exc}") from None
     with zf:
+        if len(zf.infolist()) > budget.max_entries:
+            raise ArchiveError(f"archive has more than {budget.max_entries} entries")
+        _check_zip(zf, budget)
         for info in zf.infolist():
             budget.entry()
             rel = safe_member_path(info.filename.rstrip("/") if info.is_dir() else info.filename)
@@ -129,7 +186,33 @@ def _extract_zip(blob: Path, root: Path, budget: _Budget) -> None:
                 raise ArchiveError(f"corrupt zip entry {info.filename!r}: {exc}") from None
 
 
+def _check_tar(blob: Path, budget: _Budget) -> None:
+    """One streaming pass over the headers (the data is decompressed but not
+    written): refuse an entry count, a declared size or an entry we would
+    refuse anyway, before anything is written. Stops at the first excess."""
+    entries = declared = 0
+    try:
+        with tarfile.open(blob, "r|gz") as tf:
+            for m in tf:
+                entries += 1
+                if entries > budget.max_entries:
+                    raise ArchiveError(f"archive has more than {budget.max_entries} entries")
+                safe_member_path(m.name.rstrip("/") if m.isdir() else m.name)
+                if m.issym() or m.islnk():
+                    raise ArchiveError(f"archive entry {m.name!r} is a link")
+                if not (m.isdir() or m.isfile()):
+                    raise ArchiveError(f"archive entry {m.name!r} is a device or special file")
+                declared += m.size
+                if declared > budget.max_bytes:
+                    raise ArchiveError(
+                        f"archive expands past the limit of {budget.max_bytes} bytes"
+                    )
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise ArchiveError(f"not a tar.gz archive: {exc}") from None
+
+
 def _extract_tar(blob: Path, root: Path, budget: _Budget) -> None:
+    _check_tar(blob, budget)
     try:
         tf = tarfile.open(blob, "r:gz")  # noqa: SIM115 - closed by the `with` below
     except (tarfile.TarError, OSError, EOFError) as exc:

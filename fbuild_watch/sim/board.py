@@ -98,24 +98,23 @@ class BoardCounters:
 
 _STUBS: list[KnownStub] | None = None
 _LIVE: weakref.WeakSet[VirtualBoard] = weakref.WeakSet()
-_exit_hook_after_unicorn = False
+# Interpreter exit: once set, no board creates an emulator (unicorn's weakref
+# finalizers free emulators at exit; one created under them crashes).
+_SHUTDOWN = threading.Event()
+_EMULATOR_GATE = threading.Lock()
 
 
 def _stop_all_boards() -> None:
+    with _EMULATOR_GATE:
+        _SHUTDOWN.set()
     for board in list(_LIVE):
         board.close()
 
 
-def _order_exit_hook() -> None:
-    """Stop device threads before unicorn's weakref finalizers free the
-    emulators under them at interpreter exit (atexit runs last-in first)."""
-    global _exit_hook_after_unicorn
-    if not _exit_hook_after_unicorn:
-        _exit_hook_after_unicorn = True
-        atexit.unregister(_stop_all_boards)
-        atexit.register(_stop_all_boards)
-
-
+# weakref.finalize registers its exit hook on first use; make that happen
+# now, so our hook (registered after it) runs first - atexit is last-in
+# first-out - and the device threads are stopped before any emulator is freed.
+weakref.finalize(_stop_all_boards, lambda: None)
 atexit.register(_stop_all_boards)
 
 
@@ -124,6 +123,14 @@ def _known_stubs() -> list[KnownStub]:
     if _STUBS is None:
         _STUBS = load_known_stubs()
     return _STUBS
+
+
+# Commands within one flash write; any other command means the write before
+# it is complete (esptool verifies with SPI_FLASH_MD5, ends with FLASH_END).
+_FLASH_OP_CONTINUES = frozenset(
+    ("FLASH_BEGIN", "FLASH_DATA", "FLASH_DEFL_BEGIN", "FLASH_DEFL_DATA")
+)
+_FLASH_OP_WHOLE = frozenset(("ERASE_FLASH", "ERASE_REGION"))  # complete in themselves
 
 
 def _garble(data: bytes) -> bytes:
@@ -142,12 +149,15 @@ class VirtualBoard:
         usb_jtag: bool = False,
         start: str = "app",  # "app": powered and booting; "download": held in the ROM loader
         record_tx: bool = True,
+        flash_size: int = FLASH_SIZE,
+        flash_id: int | None = None,  # JEDEC id; None: GigaDevice of flash_size
     ) -> None:
         self.name = name
         self.timing = timing
         self.identity = identity or ChipIdentity()
         self.usb_jtag = usb_jtag
-        self.flash = SpiFlash(FLASH_SIZE, flash_path)
+        # first: a flash file another board holds refuses this board (FlashInUse)
+        self.flash = SpiFlash(flash_size, flash_path, flash_id)
         self.regs = RegisterFile(self.identity)
         self.counters = BoardCounters()
         self.faults = Faults()
@@ -194,6 +204,11 @@ class VirtualBoard:
         self._tx_free_at = 0.0
         self._last_flash_change = 0.0
         self._closed = False
+        self._stopping = threading.Event()  # set by close(): modelled waits end early
+        self._last_command = ""
+        # No wire between host and UART (the TCP server): the host side
+        # always runs at the board's baud, so a baud change never garbles.
+        self.host_follows_uart = False
         _LIVE.add(self)
         self._power_on("poweron")
         self._thread = threading.Thread(target=self._run, name=f"sim-{name}", daemon=True)
@@ -228,7 +243,7 @@ class VirtualBoard:
             self._check_link(epoch)
             self.counters.bytes_from_host += len(data)
             self._count_link(len(data))
-            if self._host_baud != self._uart_baud:
+            if self._host_baud != self._uart_baud and not self.host_follows_uart:
                 data = _garble(data)
             self._inbox += data
             self._wake.notify_all()
@@ -366,11 +381,30 @@ class VirtualBoard:
             if self._closed and not self._thread.is_alive():
                 return
             self._closed = True
+            self._stopping.set()
             self._wake.notify_all()
             self._rx_cond.notify_all()
         if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=5)
-        self.flash.save()
+            self._stop_thread()
+        self.flash.close()  # saved, and the flash file free for another board
+
+    def _stop_thread(self, timeout: float = 5.0) -> None:
+        """Power off: the device thread ends at its next step; an app inside
+        the emulator is stopped there (it may not return on its own soon)."""
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            cpu = self._cpu
+            if cpu is not None:
+                cpu.stop_requested = True
+                cpu.uc.emu_stop()  # unicorn allows this from another thread
+            self._thread.join(0.05)
+        cpu = self._cpu
+        if self._thread.is_alive() and cpu is not None:
+            # Still inside the emulator: never let unicorn's exit-time
+            # finalizer free it under the running thread (a segfault).
+            finalizer = getattr(cpu.uc, "_Uc__finalizer", None)
+            if finalizer is not None:
+                finalizer.atexit = False
 
     def stats(self) -> dict[str, object]:
         with self._lock:
@@ -420,7 +454,7 @@ class VirtualBoard:
             self._count_link(len(data))
         except Disconnected:
             return
-        if self._host_baud != self._uart_baud:
+        if self._host_baud != self._uart_baud and not self.host_follows_uart:
             data = _garble(data)
         self._rx += data
         self._rx_cond.notify_all()
@@ -447,7 +481,7 @@ class VirtualBoard:
             return
         self.counters.modelled_s += seconds
         if self.timing.realtime:
-            time.sleep(seconds)
+            self._stopping.wait(seconds)  # a board being closed stops waiting
 
     def set_uart_baud(self, baud: int) -> None:
         with self._lock:
@@ -455,6 +489,9 @@ class VirtualBoard:
 
     def count_command(self, name: str) -> None:
         self.counters.commands[name] += 1
+        self._last_command = name
+        if name not in _FLASH_OP_CONTINUES and self.flash.dirty:
+            self.flash.save()  # the write before this command is complete: make it durable
         if self.faults.drop_on_command == name:
             self.faults.drop_on_command = None
             self.unplug()
@@ -548,6 +585,13 @@ class VirtualBoard:
         if reason is not None:
             self._boot(reason, download)
             return True
+        if self.state in (BoardState.APP, BoardState.DOWNLOAD):
+            fired = self.regs.watchdogs.expired()
+            if fired is not None:  # a watchdog nobody fed resets the chip
+                with self._lock:
+                    self._cpu = None
+                    self._power_on(fired)
+                return True
         self._maybe_save()
         state = self.state
         if state is BoardState.DOWNLOAD:
@@ -583,6 +627,8 @@ class VirtualBoard:
                 flush=True,
             )
         self.counters.resets += 1
+        if self.flash.dirty:
+            self.flash.save()  # a reset ends whatever flash write came before
         self.pace(self.timing.reset_to_rom_s)
         with self._lock:
             self._cpu = None
@@ -591,8 +637,11 @@ class VirtualBoard:
             self._inbox.clear()
             self._uart_baud = ROM_BAUD
             self._boot_t0 = time.monotonic()
-            if self.usb_jtag and reason in ("usb_uart", "sw_sys", "sw_cpu") and not download:
-                # The USB-Serial/JTAG device re-enumerates on this reset.
+            self.regs.watchdogs.chip_reset()
+            self.regs.reset_cause = boot.reset_code(reason)
+            if self.usb_jtag and reason != "poweron" and not download:
+                # The USB-Serial/JTAG device re-enumerates on this reset (a
+                # software, USB or watchdog reset of the chip).
                 self._drop_link()
                 self.present = False
                 self._absent_until = time.monotonic() + self.timing.usb_reenumerate_s
@@ -603,7 +652,8 @@ class VirtualBoard:
                 self._session = LoaderSession(self, _known_stubs())
                 self._set_state(BoardState.DOWNLOAD)
             return
-        outcome = boot.boot_from_flash(self.flash)
+        chip_rev = (self.identity.major_rev, self.identity.minor_rev)
+        outcome = boot.boot_from_flash(self.flash, reason=reason, chip_rev=chip_rev)
         if outcome.rom_stuck:
             self._stuck_line = outcome.text
             self._next_at = time.monotonic()
@@ -614,14 +664,23 @@ class VirtualBoard:
         if outcome.app is None:
             self._reboot_later("sw_sys")
             return
+        self.regs.watchdogs.arm_bootloader_rwdt()  # ESP-IDF's bootloader hands over so
         self._start_cpu(outcome.app.segments, outcome.app.entry, outcome.app.elf_sha256)
 
     def _start_cpu(
         self, segments: list[tuple[int, bytes]], entry: int, elf_sha: str | None
     ) -> None:
         try:
-            cpu = Cpu(self, segments, entry)
-            _order_exit_hook()
+            with _EMULATOR_GATE:
+                if _SHUTDOWN.is_set() or self._closed:
+                    return  # the process is exiting: the board is powering off
+                cpu = Cpu(
+                    self,
+                    segments,
+                    entry,
+                    watchdogs=self.regs.watchdogs,
+                    reset_cause=self.regs.reset_cause,
+                )
         except SegmentError as exc:
             self._emit_text(f"E (0) boot: {exc}\r\n")
             self._reboot_later("sw_sys")
@@ -670,6 +729,8 @@ class VirtualBoard:
                 session.handle_frame(frame)
             except Disconnected:
                 return
+            if self._last_command in _FLASH_OP_WHOLE and self.flash.dirty:
+                self.flash.save()
             with self._lock:
                 if self._session is not session or self._reset_pending:
                     return  # a reset or reboot interrupted the session
@@ -692,7 +753,7 @@ class VirtualBoard:
         elif result.kind == "reset":
             self._cpu = None
             with self._lock:
-                self._power_on("sw_sys")
+                self._power_on(result.reason or "sw_sys")
         elif result.kind == "idle":
             with self._lock:
                 if not self._inbox and self._reset_pending is None and not self._en_low:

@@ -2,8 +2,10 @@
 
 Peripherals are callbacks into a `CpuHost` (the board): UART0 and the
 USB-Serial/JTAG FIFO to the serial stream, SYSTIMER from the board's clock,
-GPIO out/enable, the RTC software-reset bit, eFuse reads. Any other
-peripheral register stores what is written and reads it back.
+GPIO out/enable, the RTC software-reset bit, eFuse reads. The watchdogs are
+the board's (`Watchdogs`, shared with the ROM loader); the mask ROM's
+functions are `RomFunctions`. Any other peripheral register stores what is
+written and reads it back.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from unicorn import (
 )
 from unicorn import riscv_const as rv
 
+from fbuild_watch.sim.rom_functions import RomFunctions
+from fbuild_watch.sim.watchdog import Watchdogs
+
 # name, start, end, protection
 MEMORY_MAP = (
     ("DROM", 0x3C000000, 0x3C800000, UC_PROT_READ),
@@ -45,6 +50,8 @@ UART_STATUS = 0x1C
 GPIO = 0x60004000
 RTC_CNTL = 0x60008000
 RTC_SW_SYS_RST = 1 << 31
+RTC_SW_PROCPU_RST = 1 << 5  # RTC_CNTL_SW_PROCPU_RST: a CPU-only software reset
+RTC_RESET_STATE = RTC_CNTL + 0x38
 EFUSE = 0x60008800
 SYSTIMER = 0x60023000
 SYSTIMER_OP = 0x04
@@ -142,6 +149,14 @@ class Fault:
 class SliceResult:
     kind: str  # "ran", "idle", "fault", "reset"
     fault: Fault | None = None
+    reason: str = ""  # "reset": the reset reason key (boot.RESET_REASONS)
+
+
+_EBREAKS = (b"\x73\x00\x10\x00", b"\x02\x90")  # ebreak, c.ebreak
+# unicorn's interrupt hook sees the pc 4 bytes past the faulting instruction
+# whatever its length (it advances pc as for an ecall it could resume after)
+_INTR_PC_SKEW = 4
+_UNICORN_ECALL_U = 8  # unicorn reports ecall as from U-mode; the C3 runs in M-mode
 
 
 _SELF_JUMPS = (b"\x01\xa0", b"\x6f\x00\x00\x00")  # c.j . / jal x0, .
@@ -150,11 +165,24 @@ _SELF_JUMPS = (b"\x01\xa0", b"\x6f\x00\x00\x00")  # c.j . / jal x0, .
 # so delays still end when they should, within about a millisecond).
 _POLLS_BEFORE_NAP = 16
 NAP_S = 0.001
+# A slice that naps ends after this much real time, so the board delivers
+# UART input and checks its watchdogs while the firmware busy-waits.
+SLICE_NAP_LIMIT_S = 0.02
 
 
 class Cpu:
-    def __init__(self, host: CpuHost, segments: list[tuple[int, bytes]], entry: int) -> None:
+    def __init__(
+        self,
+        host: CpuHost,
+        segments: list[tuple[int, bytes]],
+        entry: int,
+        *,
+        watchdogs: Watchdogs | None = None,
+        reset_cause: int = 1,
+    ) -> None:
         self.host = host
+        self.watchdogs = watchdogs or Watchdogs()
+        self.reset_cause = reset_cause  # ROM RESET_REASON code, for the app to read
         self.uc = Uc(UC_ARCH_RISCV, UC_MODE_RISCV32)
         for _name, start, end, prot in MEMORY_MAP:
             self.uc.mem_map(start, end - start, prot)
@@ -165,6 +193,8 @@ class Cpu:
         self.uc.mmio_map(PERIPH_BASE, PERIPH_SIZE, self._mmio_read, None, self._mmio_write, None)
         self.uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
         self.uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        self.rom = RomFunctions(self)
+        self.rom.install(self.uc)  # after the segments: ROM is not loadable
         self.uc.reg_write(rv.UC_RISCV_REG_SP, INITIAL_SP)
         self.pc = entry
         self.regs: dict[int, int] = {}
@@ -174,26 +204,56 @@ class Cpu:
         self._polls = 0
         self.naps = 0  # busy-wait polls turned into real sleeps (host CPU spared)
         self._fault: tuple[int, int] | None = None  # (mcause, mtval)
-        self._reset_requested = False
+        self._fault_pc: int | None = None  # exact pc when the hook's pc is skewed
+        self._reset_requested = ""  # the reason key once the firmware asked for a reset
+        self._slice_t0 = 0.0
         self.stop_requested = False  # set by the board (EN low, reset): leave the slice early
 
     # -- running ---------------------------------------------------------
     def run_slice(self, count: int = 200_000) -> SliceResult:
         self._fault = None
+        self._fault_pc = None
+        self._slice_t0 = time.monotonic()
         start_pc = self.pc
         try:
             self.uc.emu_start(self.pc, 0xFFFFFFFF, count=count)
         except UcError:
             if self._fault is None:
-                self._fault = (2, 0)
+                # unicorn stops on ebreak without the interrupt hook
+                pc = self.uc.reg_read(rv.UC_RISCV_REG_PC)
+                self._fault = (3 if self._is_ebreak(pc) else 2, 0)
         self.pc = self.uc.reg_read(rv.UC_RISCV_REG_PC)
+        if self._fault_pc is not None:
+            self.pc = self._fault_pc
         if self._reset_requested:
-            return SliceResult("reset")
+            return SliceResult("reset", reason=self._reset_requested)
         if self._fault is not None:
             return SliceResult("fault", self._make_fault(*self._fault))
         if self.pc == start_pc and self._is_self_jump(self.pc):
             return SliceResult("idle")
         return SliceResult("ran")
+
+    def _is_ebreak(self, pc: int) -> bool:
+        try:
+            code = bytes(self.uc.mem_read(pc, 4))
+        except UcError:
+            return False
+        return code == _EBREAKS[0] or code[:2] == _EBREAKS[1]
+
+    def request_reset(self, reason: str) -> None:
+        """The firmware reset the chip (RTC register or ROM software_reset)."""
+        self._reset_requested = reason
+        self.uc.emu_stop()
+
+    # RomHost: the ROM's UART functions reach the same console
+    def uart_tx(self, byte: int) -> None:
+        self.host.uart_tx(byte)
+
+    def uart_rx(self) -> int | None:
+        return self.host.uart_rx()
+
+    def uart_tx_backlog(self) -> int:
+        return self.host.uart_tx_backlog()
 
     def _is_self_jump(self, pc: int) -> bool:
         try:
@@ -226,7 +286,8 @@ class Cpu:
         return False
 
     def _on_intr(self, uc: Any, intno: int, _ud: Any) -> None:
-        self._fault = (intno, 0)
+        self._fault_pc = (uc.reg_read(rv.UC_RISCV_REG_PC) - _INTR_PC_SKEW) & 0xFFFFFFFF
+        self._fault = (11 if intno == _UNICORN_ECALL_U else intno, 0)
         uc.emu_stop()
 
     # -- peripherals -----------------------------------------------------
@@ -244,6 +305,8 @@ class Cpu:
                 self._polls = 0
                 self.naps += 1
                 time.sleep(NAP_S)
+                if time.monotonic() - self._slice_t0 > SLICE_NAP_LIMIT_S:
+                    uc.emu_stop()
             if addr == SYSTIMER + SYSTIMER_LO:
                 return self._latched & 0xFFFFFFFF
             return (self._latched >> 32) & 0xFFFFF
@@ -259,6 +322,10 @@ class Cpu:
             return 0b10  # SERIAL_IN_EP_DATA_FREE
         if EFUSE <= addr < EFUSE + 0x200:
             return self.host.efuse_read(addr)
+        if Watchdogs.owns(addr):
+            return self.watchdogs.read(addr)
+        if addr == RTC_RESET_STATE:
+            return self.reset_cause & 0x3F
         if addr == GPIO + 0x04:
             return self.gpio_out
         if addr == GPIO + 0x20:
@@ -281,9 +348,11 @@ class Cpu:
         if GPIO <= addr < GPIO + 0x30:
             self._gpio_write(addr - GPIO, value)
             return
-        if addr == RTC_CNTL and value & RTC_SW_SYS_RST:
-            self._reset_requested = True
-            uc.emu_stop()
+        if addr == RTC_CNTL and value & (RTC_SW_SYS_RST | RTC_SW_PROCPU_RST):
+            self.request_reset("sw_sys" if value & RTC_SW_SYS_RST else "sw_cpu")
+            return
+        if Watchdogs.owns(addr):
+            self.watchdogs.write(addr, value)
             return
         self.regs[addr] = value
 

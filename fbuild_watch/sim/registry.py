@@ -8,7 +8,9 @@ like any other port.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ from urllib.parse import parse_qs, urlparse
 from platformdirs import user_cache_dir
 
 from fbuild_watch.sim.board import VirtualBoard
+from fbuild_watch.sim.flash import DEFAULT_SIZE, SIZES, default_jedec_id
 from fbuild_watch.sim.regs import ChipIdentity
 from fbuild_watch.sim.timing import TIMINGS
 
@@ -36,19 +39,93 @@ class SimOptions:
     usb_jtag: bool
     start: str
     mac: bytes | None
+    flash_size: int = DEFAULT_SIZE
+    flash_id: int | None = None  # JEDEC id; None: a GigaDevice part of flash_size
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+ESPRESSIF_OUI = bytes.fromhex("58cf79")
+_OPTIONS = ("flash", "timing", "usb", "boot", "mac", "flash_size", "flash_id")
+
+
+def check_name(name: str) -> str:
+    """A board name is also its flash file's name: one path component."""
+    if not _NAME.fullmatch(name) or name in (".", ".."):
+        raise SimUrlError(
+            f"board name must be letters, digits, '_', '.' or '-' (not '.' or '..'), got {name!r}"
+        )
+    return name
+
+
+def mac_for_name(name: str) -> bytes:
+    """A stable MAC per board name, in Espressif's OUI: two boards never
+    share one (and so never share a verified-layout cache entry)."""
+    return ESPRESSIF_OUI + hashlib.sha256(name.encode()).digest()[:3]
+
+
+def parse_mac(text: str) -> bytes:
+    try:
+        mac = bytes.fromhex(text.replace(":", ""))
+    except ValueError:
+        mac = b""
+    if len(mac) != 6:
+        raise SimUrlError(f"mac must be 6 bytes, e.g. 58:cf:79:00:00:01, got {text!r}")
+    return mac
+
+
+def parse_flash_size(text: str) -> int:
+    sizes = {f"{n >> 20}MB": n for n in SIZES}
+    size = sizes.get(text.strip().upper())
+    if size is None:
+        raise SimUrlError(f"flash_size must be one of {', '.join(sizes)}, got {text!r}")
+    return size
+
+
+def parse_flash_id(text: str) -> int:
+    """JEDEC id as RDID returns it: manufacturer, memory type, capacity (hex)."""
+    digits = text.strip().lower().removeprefix("0x")
+    if not re.fullmatch(r"[0-9a-f]{6}", digits):
+        raise SimUrlError(f"flash_id must be 3 bytes of hex (JEDEC id), e.g. c84016, got {text!r}")
+    return int(digits, 16)
+
+
+def size_for_flash_id(jedec_id: int) -> int:
+    """The size a JEDEC id's capacity byte announces (esptool reads it so)."""
+    size = 1 << (jedec_id & 0xFF) if (jedec_id & 0xFF) < 32 else 0
+    if size not in SIZES:
+        raise SimUrlError(
+            f"flash_id {jedec_id:06x}: capacity byte 0x{jedec_id & 0xFF:02x} is not a supported "
+            "size (2, 4, 8 or 16 MB): give flash_size= too"
+        )
+    return size
+
+
+def flash_part(size_text: str | None, id_text: str | None) -> tuple[int, int | None]:
+    """(size, JEDEC id or None) from `flash_size=` / `flash_id=`; the size
+    follows the id's capacity byte when only the id is given."""
+    flash_id = parse_flash_id(id_text) if id_text else None
+    if size_text:
+        return parse_flash_size(size_text), flash_id
+    if flash_id is not None:
+        return size_for_flash_id(flash_id), flash_id
+    return DEFAULT_SIZE, None
 
 
 def default_flash_path(name: str) -> Path:
     base = Path(os.environ.get("FBUILD_SIM_DIR") or Path(user_cache_dir("fbuild-watch")) / "sim")
-    return base / f"{name}.flash"
+    return base / f"{check_name(name)}.flash"
 
 
 def parse_url(url: str) -> SimOptions:
-    """sim://NAME[?flash=PATH|flash=&timing=instant|realistic&usb=jtag&boot=download&mac=..]"""
+    """sim://NAME[?flash=PATH|flash=&timing=instant|realistic&usb=jtag&boot=download&mac=..
+    &flash_size=4MB&flash_id=c84016]"""
     parts = urlparse(url)
     if parts.scheme != "sim" or not parts.netloc:
         raise SimUrlError(f"expected sim://NAME[?options], got {url!r}")
     name = parts.netloc
+    if parts.path or parts.params or parts.fragment:
+        name = url.split("://", 1)[1].split("?", 1)[0]  # the whole would-be name, for the error
+    check_name(name)
     try:
         q = {
             k: v[-1]
@@ -58,7 +135,7 @@ def parse_url(url: str) -> SimOptions:
         }
     except ValueError:
         raise SimUrlError(f"bad options in {url!r}") from None
-    unknown = set(q) - {"flash", "timing", "usb", "boot", "mac"}
+    unknown = set(q) - set(_OPTIONS)
     if unknown:
         raise SimUrlError(f"unknown option(s) {', '.join(sorted(unknown))} in {url!r}")
     flash: Path | None = default_flash_path(name)
@@ -73,15 +150,24 @@ def parse_url(url: str) -> SimOptions:
     start = q.get("boot", "app")
     if start not in ("app", "download"):
         raise SimUrlError(f"boot must be 'app' or 'download', got {start!r}")
-    mac = None
-    if "mac" in q:
-        try:
-            mac = bytes.fromhex(q["mac"].replace(":", ""))
-        except ValueError:
-            mac = b""
-        if len(mac) != 6:
-            raise SimUrlError(f"mac must be 6 bytes, e.g. 58:cf:79:00:00:01, got {q['mac']!r}")
-    return SimOptions(name, flash, timing, usb == "jtag", start, mac)
+    mac = parse_mac(q["mac"]) if "mac" in q else None
+    flash_size, flash_id = flash_part(q.get("flash_size"), q.get("flash_id"))
+    return SimOptions(name, flash, timing, usb == "jtag", start, mac, flash_size, flash_id)
+
+
+def make_board(opts: SimOptions) -> VirtualBoard:
+    """A new board as `opts` describe it (not registered). Raises FlashInUse
+    when another board has its flash file."""
+    return VirtualBoard(
+        opts.name,
+        flash_path=opts.flash,
+        timing=TIMINGS[opts.timing],
+        identity=ChipIdentity(mac=opts.mac or mac_for_name(opts.name)),
+        usb_jtag=opts.usb_jtag,
+        start=opts.start,
+        flash_size=opts.flash_size,
+        flash_id=opts.flash_id if opts.flash_id is not None else default_jedec_id(opts.flash_size),
+    )
 
 
 def board_for_url(url: str) -> VirtualBoard:
@@ -90,15 +176,7 @@ def board_for_url(url: str) -> VirtualBoard:
     with _lock:
         board = _boards.get(opts.name)
         if board is None:
-            identity = ChipIdentity(mac=opts.mac) if opts.mac else None
-            board = VirtualBoard(
-                opts.name,
-                flash_path=opts.flash,
-                timing=TIMINGS[opts.timing],
-                identity=identity,
-                usb_jtag=opts.usb_jtag,
-                start=opts.start,
-            )
+            board = make_board(opts)
             _boards[opts.name] = board
         return board
 

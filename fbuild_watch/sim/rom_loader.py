@@ -168,6 +168,7 @@ class LoaderSession:
     def __init__(self, board: BoardSide, stubs: list[KnownStub]) -> None:
         self.board = board
         self.stubs = stubs
+        board.regs.detach_flash()  # a reset ROM has not attached the SPI flash yet
         self.is_stub = False
         self.stub_version: str | None = None
         self._download: _Download | None = None
@@ -297,7 +298,12 @@ class LoaderSession:
     def _spi_attach(self, data: bytes) -> tuple[int, bytes]:
         if len(data) not in (4, 8):
             raise LoaderError(ERR_INVALID_MESSAGE)
+        self._attach()
         return 0, b""
+
+    def _attach(self) -> None:
+        """From here on the flash answers SPI commands (JEDEC id, SFDP)."""
+        self.board.regs.attach_flash(self.board.flash.jedec_id)
 
     def _security_info(self, data: bytes) -> tuple[int, bytes]:
         # flags, flash_crypt_cnt, 7 key purposes, chip_id, api_version
@@ -501,6 +507,7 @@ class LoaderSession:
             ):
                 self.is_stub = True
                 self.stub_version = stub.version
+                self._attach()  # the stub attaches the flash itself at start
                 self.board.count_command("stub_started")
                 self.board.send_frame(b"OHAI")
                 return

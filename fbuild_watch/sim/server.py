@@ -3,7 +3,15 @@
 A separate esptool process reaches it as `socket://HOST:PORT`; esptool then
 uses `no-reset` (TCP carries no modem lines), so the served board starts in
 download mode unless told otherwise. One client at a time, like a serial
-port; a second connection is refused while the first is open.
+port: a second connection is closed at once while the first is open.
+
+The board outlives its clients, as a chip outlives the host programs that
+open its port: a stub left running (`--after no-reset-stub`), the UART baud
+and loader-or-app state are what the next client finds. Raw TCP has no wire
+and carries no baud rate, so the link always runs at the board's UART baud
+(`host_follows_uart`): a baud change never garbles the next client. (A USB
+bridge would keep the host's baud and garble until the host matched it;
+RFC 2217 is the protocol that carries baud changes.)
 """
 
 from __future__ import annotations
@@ -15,15 +23,29 @@ from collections.abc import Callable
 
 from fbuild_watch.sim.board import Disconnected, VirtualBoard
 
+ACCEPT_POLL_S = 0.1  # how soon stop() is noticed by the accept loop
+READ_POLL_S = 0.05
+
 
 class BoardServer:
-    def __init__(self, board: VirtualBoard, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        board: VirtualBoard,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        """`on_event(text)`: a client came, left or was refused (any thread)."""
         self.board = board
+        board.host_follows_uart = True
         self.sock = socket.create_server((host, port))
         self.address: tuple[str, int] = self.sock.getsockname()[:2]
+        self.on_event = on_event or (lambda _t: None)
+        self.clients_served = 0
         self._stop = threading.Event()
         self._busy = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._bridges: list[threading.Thread] = []
 
     @property
     def url(self) -> str:
@@ -34,30 +56,37 @@ class BoardServer:
         self._thread.start()
         return self
 
-    def serve_forever(self, on_client: Callable[[str], None] | None = None) -> None:
-        self.sock.settimeout(0.2)
+    def serve_forever(self) -> None:
+        self.sock.settimeout(ACCEPT_POLL_S)
         while not self._stop.is_set():
             try:
-                conn, peer = self.sock.accept()
+                conn, addr = self.sock.accept()
             except TimeoutError:
                 continue
             except OSError:
                 break
+            peer = f"{addr[0]}:{addr[1]}"
             if not self._busy.acquire(blocking=False):
-                conn.close()  # the port is busy
+                conn.close()  # the port is busy: one client at a time
+                self.on_event(f"refused {peer}: the board is busy with another client")
                 continue
-            if on_client:
-                on_client(f"{peer[0]}:{peer[1]}")
-            threading.Thread(target=self._bridge, args=(conn,), daemon=True).start()
+            bridge = threading.Thread(
+                target=self._bridge, args=(conn, peer), name=f"sim-client-{peer}", daemon=True
+            )
+            self._bridges = [t for t in self._bridges if t.is_alive()] + [bridge]
+            bridge.start()
 
-    def _bridge(self, conn: socket.socket) -> None:
+    def _bridge(self, conn: socket.socket, peer: str) -> None:
         board = self.board
         try:
             epoch = board.open_port()
-        except (Disconnected, BlockingIOError):
+        except (Disconnected, BlockingIOError) as exc:
             conn.close()
             self._busy.release()
+            self.on_event(f"refused {peer}: {exc}")
             return
+        self.clients_served += 1
+        self.on_event(f"client {peer} connected")
         done = threading.Event()
 
         def uplink() -> None:
@@ -72,11 +101,11 @@ class BoardServer:
             finally:
                 done.set()
 
-        up = threading.Thread(target=uplink, daemon=True)
+        up = threading.Thread(target=uplink, name=f"sim-uplink-{peer}", daemon=True)
         up.start()
         try:
             while not done.is_set() and not self._stop.is_set():
-                data = board.host_read(epoch, 65536, 0.05)
+                data = board.host_read(epoch, 65536, READ_POLL_S)
                 if data:
                     conn.sendall(data)
         except (OSError, Disconnected):
@@ -87,12 +116,18 @@ class BoardServer:
                 conn.shutdown(socket.SHUT_RDWR)
             conn.close()
             up.join(timeout=1)
+            # The port closes; the board keeps running (stub, baud, app) for
+            # the next client, as a chip does when its host program exits.
             board.close_port(epoch)
             self._busy.release()
+            self.on_event(f"client {peer} left")
 
     def stop(self) -> None:
+        """Stop accepting and end the open connection (the board is not closed)."""
         self._stop.set()
         with contextlib.suppress(OSError):
             self.sock.close()
         if self._thread is not None:
             self._thread.join(timeout=2)
+        for bridge in self._bridges:
+            bridge.join(timeout=2)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+from rich.markup import escape
 from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
@@ -16,9 +17,11 @@ from textual.widgets import Footer, Input, Log, TabbedContent, TabPane
 from textual.worker import Worker
 
 from fbuild_watch.events import Event
+from fbuild_watch.failures import one_line
 from fbuild_watch.session import SessionOptions, WatchSession
+from fbuild_watch.termsafe import terminal_safe_lines
 from fbuild_watch.tui.filters import compile_filter
-from fbuild_watch.tui.widgets import SerialLog, StatusLine
+from fbuild_watch.tui.widgets import BuildLog, SerialLog, StatusLine
 from fbuild_watch.views.lines import human
 
 MAX_PANE_LINES = 20_000
@@ -49,7 +52,7 @@ class WatchApp(App[int]):
         Binding("l", "toggle_log_file", "log file", priority=True),
         Binding("slash", "filter", "filter", priority=True),
         Binding("q", "quit", "quit", priority=True),
-        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
+        Binding("ctrl+c", "interrupt", "quit", show=False, priority=True),
         Binding("ctrl+t", "chord", "Ctrl+T chords", show=False, priority=True),
     ]
     # esp-idf-monitor habits: Ctrl+T then Ctrl+F / Ctrl+A / Ctrl+R
@@ -73,19 +76,22 @@ class WatchApp(App[int]):
         self._filter: Any = None
         self._chord_pending = False
         self._quitting = False
+        self._interrupted = False  # Ctrl+C: exit status 130, as in the line modes
+        self._problems: dict[str, str] = {}  # part -> message (failure model)
         self.exit_report: list[str] = []  # printed after the screen is restored
         self._log_path: Path | None = opts.log_file
         self._state = "starting"
         self._outcomes: dict[str, str] = {}
         self._timings = ""
-        self.events_seen: list[Event] = []  # for tests and benchmarks
+        # for tests and benchmarks; bounded (a build flood is ~200 events/s)
+        self.events_seen: collections.deque[Event] = collections.deque(maxlen=20_000)
         self.commands_seen: list[str] = []
         self.lines_shown = 0
 
     # -- layout ------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield StatusLine(id="status")
-        yield Log(id="build", max_lines=2000)
+        yield BuildLog(id="build", max_lines=2000)
         with TabbedContent(id="tabs"):
             for b in self.session.boards:
                 with TabPane(b.label, id=f"tab-{b.label}"):
@@ -106,17 +112,22 @@ class WatchApp(App[int]):
         self.set_interval(1 / FLUSH_HZ, self._flush_serial)
         self._render_status()
         if self.monitor_only:
-            self.run_worker(self._monitor(), exclusive=True, group="session")
+            self.run_worker(self._monitor(), exclusive=True, group="session", exit_on_error=False)
         else:
-            self.run_worker(self.session.run(), exclusive=True, group="session")
+            # its failure is ours to report (on_worker_state_changed), not a traceback
+            self.run_worker(
+                self.session.run(), exclusive=True, group="session", exit_on_error=False
+            )
 
     async def _monitor(self) -> None:
         self.session.open_boards()
 
     # -- data in ---------------------------------------------------------------------
     def _on_serial(self, board: str, port: str, t: float, lines: list[str]) -> None:
-        # reader thread: append only (deque.append is atomic), the timer renders
-        self._pending.append((board, t, lines))
+        # reader thread: append only (deque.append is atomic), the timer
+        # renders; the board's title/clipboard/reset sequences never reach
+        # the terminal (Rich passes ESC c and OSC through), its colours do
+        self._pending.append((board, t, terminal_safe_lines(lines)))
 
     def _flush_serial(self) -> None:
         if not self._pending:
@@ -166,6 +177,7 @@ class WatchApp(App[int]):
             build.clear()
         elif ev.type == "build_output":
             build.write_line(d["line"])
+            return  # nothing on the status line changes: no re-render per line
         elif ev.type == "build_finished":
             self._state = "idle"
             if d["ok"]:
@@ -208,8 +220,12 @@ class WatchApp(App[int]):
             )
         elif ev.type in ("paused", "resumed"):
             self._state = "paused" if ev.type == "paused" else "idle"
-        elif ev.type in ("error", "note"):
-            self.notify(d["message"], severity="error" if ev.type == "error" else "information")
+        elif ev.type == "error":
+            if "part" in d:
+                self._problems[d["part"]] = d["message"]
+            self.notify(d["message"], severity="error")
+        elif ev.type in ("note", "warning"):
+            self.notify(d["message"], severity="warning" if ev.type == "warning" else "information")
         self._render_status()
 
     def _render_status(self) -> None:
@@ -224,8 +240,15 @@ class WatchApp(App[int]):
         if self._filter is not None:
             extras.append("filtered")
         if self._log_path is not None:
-            extras.append(f"logging to {self._log_path}")
+            broken = [
+                b.log_file.failed for b in self.session.boards if b.log_file and b.log_file.failed
+            ]
+            extras.append(
+                f"log file off: {broken[0]}" if broken else f"logging to {self._log_path}"
+            )
         line2 = self._timings + ("   " + ", ".join(extras) if extras else "")
+        if self._problems:  # a failed part stays on screen, not only in a toast
+            line2 = "[b red]" + escape("; ".join(self._problems.values())) + "[/]  " + line2
         self.query_one("#status", StatusLine).update(
             f"[b]{project}[/b]  {self._state}   {boards}\n{line2}"
         )
@@ -326,7 +349,7 @@ class WatchApp(App[int]):
         # on flash (the app leaves when the session has stopped).
         what = self.session.quit()
         if what == "done":
-            self.exit(0)
+            self._leave()
             return
         if what == "aborting":
             self.notify("aborting the deploy", severity="warning")
@@ -334,10 +357,34 @@ class WatchApp(App[int]):
         self._state = "quitting after the deploy (q or Ctrl+C again: abort it)"
         self._render_status()
 
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        # the session has stopped (after the deploy it waited for): leave now
-        if self._quitting and event.worker.group == "session" and event.worker.is_finished:
+    async def action_interrupt(self) -> None:
+        self._interrupted = True
+        await self.action_quit()
+
+    def _leave(self) -> None:
+        """Exit with the contract's status (README, "Exit status"): 130
+        after Ctrl+C, 1 when the run failed (said after the screen is gone),
+        else 0."""
+        if self._interrupted:
+            self.exit(130)
+            return
+        failure = None if self.monitor_only else self.session.failure()
+        if failure is None:
             self.exit(0)
+            return
+        self.exit_report.append(f"fbuild: error: {failure}")
+        self.exit(1)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        # the session has stopped (after the deploy it waited for, or because
+        # a part of the loop failed for good): leave now
+        if event.worker.group != "session" or not event.worker.is_finished:
+            return
+        if event.worker.error is not None:
+            self.exit_report.append(f"fbuild: error: {one_line(event.worker.error)}")
+            self.exit(1)
+        elif self._quitting or not self.monitor_only:
+            self._leave()
 
     def on_unmount(self) -> None:
         self.session.stop()

@@ -1,12 +1,17 @@
-"""Widgets: the serial log pane and the status line."""
+"""Widgets: the serial log pane, the build pane and the status line."""
 
 from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, Self
 
 from rich.cells import cell_len
 from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.strip import Strip
+from textual.timer import Timer
 from textual.widgets import Log, Static
 
 from fbuild_watch.monitor import idf_level
@@ -100,6 +105,49 @@ class SerialLog(Log):
                 len(text) if end == -1 else end,
             )
         return Strip(text.render(self.app.console), cell_len(text.plain))
+
+
+class BuildLog(Log):
+    """The build pane: bounded (`max_lines` lines of at most MAX_CHARS) and
+    batched. `Log.write_lines` costs about a millisecond a call (it starts a
+    worker thread to measure the width), so lines written one by one are
+    collected and written once a frame: a build printing hundreds of lines a
+    second leaves the keys responsive."""
+
+    MAX_CHARS = 1000
+    FLUSH_S = 1 / 30
+
+    def __init__(self, *, max_lines: int = 2000, **kwargs: Any) -> None:
+        super().__init__(max_lines=max_lines, **kwargs)
+        self._pending: deque[str] = deque(maxlen=max_lines)
+        self._flush_timer: Timer | None = None
+
+    def write_line(self, line: str, scroll_end: bool | None = None) -> Self:
+        return self.write_lines([line], scroll_end)
+
+    def write_lines(self, lines: Iterable[str], scroll_end: bool | None = None) -> Self:
+        cap = self.MAX_CHARS
+        self._pending.extend(ln if len(ln) <= cap else ln[:cap] + " [...]" for ln in lines)
+        if self.is_mounted and self._flush_timer is None:
+            self._flush_timer = self.set_timer(self.FLUSH_S, self.flush)
+        return self
+
+    def on_mount(self) -> None:
+        self.flush()  # lines written before the pane was mounted
+
+    def flush(self) -> None:
+        """Write what is pending now."""
+        if self._flush_timer is not None:
+            self._flush_timer.stop()
+            self._flush_timer = None
+        if self._pending:
+            lines = list(self._pending)
+            self._pending.clear()
+            super().write_lines(lines)
+
+    def clear(self) -> Self:
+        self._pending.clear()
+        return super().clear()
 
 
 class StatusLine(Static):

@@ -15,8 +15,8 @@ from typing import Any, TextIO
 
 from fbuild_watch.build.diagnostics import Diagnostic
 from fbuild_watch.events import Event
-from fbuild_watch.monitor import strip_ansi
 from fbuild_watch.session import SessionOptions, WatchSession
+from fbuild_watch.termsafe import terminal_safe_lines
 
 
 class LineView:
@@ -26,6 +26,9 @@ class LineView:
         self.json_mode = json_mode
         self.out = out or sys.stdout
         self.timestamps = timestamps
+        # --plain keeps the board's colours for a person at a terminal; pipes,
+        # files and CI logs get plain text
+        self.colour = _isatty(self.out)
         self._lock = threading.Lock()
 
     def _write(self, text: str) -> None:
@@ -37,6 +40,9 @@ class LineView:
                 pass
 
     def on_serial(self, board: str, port: str, t: float, lines: list[str]) -> None:
+        # Board text reaches a terminal: no title, clipboard (OSC 52), reset
+        # or cursor sequences; colours stay in JSON and on a terminal.
+        lines = terminal_safe_lines(lines, keep_sgr=self.json_mode or self.colour)
         if self.json_mode:
             chunk = "\n".join(
                 json.dumps(
@@ -52,7 +58,8 @@ class LineView:
             )
         else:
             prefix = f"[{board}] "
-            chunk = "\n".join(prefix + strip_ansi(ln) for ln in lines)
+            # a colour the board left on must not paint our own lines
+            chunk = "\n".join(prefix + ln + ("\x1b[0m" if "\x1b" in ln else "") for ln in lines)
         self._write(chunk)
 
     def on_event(self, ev: Event) -> None:
@@ -64,6 +71,13 @@ class LineView:
         text = human(ev)
         if text:
             self._write(text)
+
+
+def _isatty(out: TextIO) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):  # closed or not a real stream
+        return False
 
 
 def human(ev: Event) -> str | None:
@@ -108,7 +122,7 @@ def human(ev: Event) -> str | None:
         if d["state"] == "connected":
             return f"[{d['board']}] connected to {d['port']}"
         return None
-    if t in ("error", "note"):
+    if t in ("error", "note", "warning"):
         return f"{t}: {d['message']}"
     if t in ("paused", "resumed"):
         return f"watch: {t}"
@@ -205,7 +219,11 @@ class LineMode:
             try:
                 await asyncio.wait_for(done.wait(), self.timeout)
             except TimeoutError:
-                self.code = 1 if self.pattern is not None else 0
+                if self.pattern is not None:
+                    self._fail(f"no line matched {self.pattern.pattern!r} in {self.timeout:g} s")
+            never = [b.info.url for b in self.session.boards if not b.ever_connected]
+            if never and self.code != 130:
+                self._fail(f"the port never opened: {', '.join(never)}")
             self.session.close()
             return
         task = asyncio.ensure_future(self.session.run())
@@ -214,6 +232,17 @@ class LineMode:
         stop.cancel()
         self.session.stop()
         await task
+        failure = self.session.failure()
+        if failure is not None and self.code == 0:
+            self._fail(failure)
+
+    def _fail(self, why: str) -> None:
+        """The run failed (exit status 1): said last, on stderr and in --json."""
+        if self.code == 0:
+            self.code = 1
+        if self.view.json_mode:
+            self.view.on_event(Event("exit", {"ok": False, "error": why, "exit_code": self.code}))
+        print(f"fbuild: error: {why}", file=sys.stderr, flush=True)
 
     def run(self) -> int:
         try:

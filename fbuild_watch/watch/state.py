@@ -80,6 +80,7 @@ class WatchSet:
         self._dirty_dirs: set[str] = set()
         self._fp = 0
         self._lock = threading.Lock()
+        self._unreadable: list[tuple[str, str]] = []
 
     # -- queries --------------------------------------------------------------
     def __len__(self) -> int:
@@ -170,7 +171,10 @@ class WatchSet:
         new: dict[str, bytes] = {}
         links: set[str] = set()
         for rel, st, link in self.files():
-            new[rel] = self._record(rel, st, known.get(rel))
+            try:
+                new[rel] = self._record(rel, st, known.get(rel))
+            except FileNotFoundError:
+                continue  # deleted while the scan ran: its event follows
             if link:
                 links.add(rel)
         changes = ChangeSet()
@@ -191,12 +195,29 @@ class WatchSet:
         return changes
 
     def _record(self, rel: str, st: os.stat_result, old: bytes | None) -> bytes:
+        """Raises FileNotFoundError for a file that vanished since its stat;
+        a file that cannot be read is recorded with a digest of the error (a
+        change the build will report) and listed by `take_unreadable`."""
         if old is not None:
             mtime, size, ino, digest = _REC.unpack(old)
             if (mtime, size, ino) == (st.st_mtime_ns, st.st_size, st.st_ino):
                 return old  # same stat: trust the stored digest
-        digest = file_digest(self.root / rel)
+        try:
+            digest = file_digest(self.root / rel)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+            with self._lock:
+                self._unreadable.append((rel, why))
+            digest = hashlib.blake2b(f"unreadable:{why}".encode(), digest_size=16).digest()
         return _REC.pack(st.st_mtime_ns, st.st_size, st.st_ino, digest)
+
+    def take_unreadable(self) -> list[tuple[str, str]]:
+        """(path, why) of files met since the last call that could not be read."""
+        with self._lock:
+            out, self._unreadable = self._unreadable, []
+        return out
 
     # -- events -----------------------------------------------------------------
     def mark(self, abspaths: Iterable[str], *, dirs: Iterable[str] = ()) -> None:
@@ -305,15 +326,39 @@ class WatchSet:
         atomic_write(path, json.dumps(doc, separators=(",", ":")).encode())
 
     @staticmethod
-    def load_state(path: Path) -> tuple[dict[str, bytes], str | None] | None:
-        """(files, fingerprint of the last successful build) or None."""
+    def load_state(
+        path: Path, *, warnings: list[str] | None = None
+    ) -> tuple[dict[str, bytes], str | None] | None:
+        """(files, fingerprint of the last successful build) or None.
+        An entry whose path is not a plain relative path inside the project
+        (absolute, `..`) is dropped, and one line about it appended to
+        `warnings`. (Paths through a symlinked directory need no resolving:
+        the walk never enters one, so such an entry is never read.)"""
         try:
             doc = json.loads(path.read_text())
             if doc.get("version") != 1:
                 return None
-            files = {rel: bytes.fromhex(h) for rel, h in doc["files"].items()}
+            files: dict[str, bytes] = {}
+            outside: list[str] = []
+            for rel, h in doc["files"].items():
+                if _plain_relative(rel):
+                    files[rel] = bytes.fromhex(h)
+                else:
+                    outside.append(rel)
             if any(len(r) != _REC.size for r in files.values()):
                 return None
+            if outside and warnings is not None:
+                more = f" and {len(outside) - 1} more" if len(outside) > 1 else ""
+                warnings.append(
+                    f"{path}: entry {outside[0]!r}{more} is not a path inside the project; dropped"
+                )
             return files, doc.get("build_fingerprint")
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
+
+
+def _plain_relative(rel: object) -> bool:
+    """A watch-set key: "dir/file", relative, no `.`/`..`/empty parts."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel or rel.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -96,6 +97,17 @@ class Watcher:
         self._paused = paused
         if not paused:
             self._kick.set()
+
+    def restart_polling(self) -> None:
+        """After `changes()` ended by an unexpected error: the next
+        `changes()` polls (the event source may be what broke) and starts
+        with a full rescan, so nothing changed meanwhile is missed."""
+        self.opts = dataclasses.replace(self.opts, force_polling=True)
+        self.stats.mode = "polling"
+        self.stats.restarts += 1
+        self._source_task = None
+        self._stop.clear()
+        self.request_rescan()
 
     def request_rescan(self) -> None:
         self._rescan_needed = True

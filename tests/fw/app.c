@@ -31,6 +31,11 @@ static void puts_uart(const char *s) {
 }
 
 int main(void) {
+    /* ESP-IDF's bootloader leaves the RTC watchdog armed (9 s) for the app's
+       start-up to disable, as ESP-IDF's own start-up code does */
+    *(volatile uint32_t *)0x600080A8 = 0x50D83AA1; /* RTC_CNTL_WDTWPROTECT: unlock */
+    *(volatile uint32_t *)0x60008090 &= ~(1u << 31); /* RTC_CNTL_WDTCONFIG0: WDT_EN off */
+    *(volatile uint32_t *)0x600080A8 = 0;
     puts_uart("fw-test " APP_VERSION " up\r\n");
     for (;;) {}
 }

@@ -69,3 +69,12 @@ void log_info(const char *tag, const char *msg) {
     uart_puts(": ");
     uart_puts(msg);
 }
+
+/* ESP-IDF's 2nd stage bootloader leaves the RTC watchdog armed (9 s,
+   CONFIG_BOOTLOADER_WDT_TIME_MS) for the app to disable, as ESP-IDF's own
+   start-up code does; a bare-metal app that does not is reset by it. */
+void rtc_wdt_disable(void) {
+    RTC_CNTL_WDTWPROTECT_REG = RTC_CNTL_WDT_WKEY_VALUE;
+    RTC_CNTL_WDTCONFIG0_REG &= ~RTC_CNTL_WDT_EN;
+    RTC_CNTL_WDTWPROTECT_REG = 0;
+}

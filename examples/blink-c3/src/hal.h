@@ -9,5 +9,6 @@ uint64_t systimer_ticks(void);
 uint32_t millis(void);
 void delay_ms(uint32_t ms);
 void led_init(void);
+void rtc_wdt_disable(void);
 void led_set(int on);
 void log_info(const char *tag, const char *msg);

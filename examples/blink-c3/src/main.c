@@ -25,6 +25,7 @@ __attribute__((noinline)) static void store_sample(volatile uint32_t *slot, uint
 }
 
 int main(void) {
+    rtc_wdt_disable();
     led_init();
     uart_puts("\r\n");
     log_info("blink", "blink-c3 version " APP_VERSION "\r\n");

@@ -21,3 +21,9 @@
 
 #define RTC_CNTL_OPTIONS0_REG REG(0x60008000)
 #define RTC_CNTL_SW_SYS_RST   (1u << 31)
+
+/* RTC watchdog (ESP-IDF soc/esp32c3/register/soc/rtc_cntl_reg.h) */
+#define RTC_CNTL_WDTCONFIG0_REG   REG(0x60008090)
+#define RTC_CNTL_WDT_EN           (1u << 31)
+#define RTC_CNTL_WDTWPROTECT_REG  REG(0x600080A8)
+#define RTC_CNTL_WDT_WKEY_VALUE   0x50D83AA1u

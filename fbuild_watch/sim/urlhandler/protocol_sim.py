@@ -1,16 +1,56 @@
-"""`sim://NAME` ports for pyserial (and so for esptool, in-process)."""
+"""`sim://NAME` ports for pyserial (and so for esptool, in-process).
+
+Modem lines work as on a POSIX tty: pyserial's `dtr`/`rts` setters change
+one line each (TIOCMBIS/TIOCMBIC), and `fileno()` is a real descriptor on
+which `fcntl.ioctl` TIOCMGET/TIOCMSET/TIOCMBIS/TIOCMBIC read and set the
+lines - what esptool's UnixTightReset (and so esp_rfc2217_server on Linux)
+uses to move DTR and RTS together. There is no kernel tty behind the port,
+so `fcntl.ioctl` is wrapped once per process: calls on a sim port's
+descriptor are answered here, every other call goes to the real ioctl.
+"""
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import os
+import struct
+import termios
 import threading
+import weakref
 from typing import Any
 
 import serial
 from serial.serialutil import PortNotOpenError, SerialBase, SerialException
 
 from fbuild_watch.sim.board import Disconnected, VirtualBoard
+from fbuild_watch.sim.flash import FlashImageError, FlashInUse
 from fbuild_watch.sim.registry import SimUrlError, board_for_url
+
+_MODEM_REQUESTS = frozenset(
+    (termios.TIOCMGET, termios.TIOCMSET, termios.TIOCMBIS, termios.TIOCMBIC)
+)
+# fileno() -> its port; weak, so a port dropped unclosed frees its descriptor
+_ports_by_fd: weakref.WeakValueDictionary[int, Serial] = weakref.WeakValueDictionary()
+_ports_lock = threading.Lock()
+_real_ioctl = fcntl.ioctl
+
+
+def _ioctl(fd: Any, request: int, arg: Any = 0, mutate_flag: bool = True) -> Any:
+    n = fd if isinstance(fd, int) else fd.fileno()
+    with _ports_lock:
+        port = _ports_by_fd.get(n)
+    if port is None or request not in _MODEM_REQUESTS:
+        return _real_ioctl(fd, request, arg, mutate_flag)
+    return port._modem_ioctl(request, arg, mutate_flag)
+
+
+def _install_ioctl() -> None:
+    if getattr(fcntl.ioctl, "__module__", None) != __name__:
+        setattr(fcntl, "ioctl", _ioctl)  # noqa: B010 - typeshed has no settable ioctl
+
+
+_install_ioctl()
 
 
 class Serial(SerialBase):
@@ -19,6 +59,10 @@ class Serial(SerialBase):
     board: VirtualBoard | None = None
     _epoch = -1
     _cancel: threading.Event | None = None
+    _fd: int | None = None
+    _fd_finalizer: weakref.finalize[[int], Serial] | None = None
+    _line_dtr = False  # the lines as the "driver" holds them (pyserial caches its own)
+    _line_rts = False
 
     def open(self) -> None:
         if self.port is None:
@@ -27,8 +71,19 @@ class Serial(SerialBase):
             raise SerialException("Port is already open.")
         try:
             board = board_for_url(self.port)
-        except SimUrlError as exc:
+        except FlashInUse as exc:
+            # one board per flash file: as a tty another program holds
+            raise SerialException(
+                errno.EBUSY,
+                f"could not open port {self.port}: [Errno 16] Device or resource busy: "
+                f"its flash {exc.path} is held by {exc.holder}",
+            ) from None
+        except (SimUrlError, FlashImageError) as exc:
             raise SerialException(f"could not open port {self.port}: {exc}") from None
+        except OSError as exc:  # the flash file's directory or lock file
+            raise SerialException(
+                exc.errno, f"could not open port {self.port}: {exc.strerror}: {exc.filename}"
+            ) from None
         try:
             self._epoch = board.open_port()
         except Disconnected:
@@ -44,11 +99,18 @@ class Serial(SerialBase):
         self._cancel = threading.Event()
         self.is_open = True
         self._reconfigure_port()
-        self._update_dtr_state()
+        # opening a tty raises both lines as pyserial's cached states say
+        self._line_dtr, self._line_rts = bool(self.dtr), bool(self.rts)
+        self._set_lines()
 
     def close(self) -> None:
         if self.is_open and self.board is not None:
             self.board.close_port(self._epoch)
+        if self._fd_finalizer is not None:
+            with _ports_lock:
+                _ports_by_fd.pop(self._fd or -1, None)
+            self._fd_finalizer()  # closes the descriptor
+            self._fd = self._fd_finalizer = None
         self.is_open = False
 
     def from_url(self, url: str) -> str:
@@ -127,15 +189,48 @@ class Serial(SerialBase):
         if not self.is_open or self.board is None:
             return
         try:
-            self.board.set_lines(self._epoch, bool(self.dtr), bool(self.rts))
+            self.board.set_lines(self._epoch, self._line_dtr, self._line_rts)
         except Disconnected:
             raise OSError(errno.EIO, "Input/output error") from None
 
     def _update_dtr_state(self) -> None:
+        self._line_dtr = bool(self.dtr)  # TIOCMBIS/BIC: this line only
         self._set_lines()
 
     def _update_rts_state(self) -> None:
+        self._line_rts = bool(self.rts)
         self._set_lines()
+
+    def _modem_ioctl(self, request: int, arg: Any, mutate_flag: bool) -> Any:
+        """TIOCMGET/TIOCMSET/TIOCMBIS/TIOCMBIC, as the tty layer answers them."""
+        if isinstance(arg, int):
+            raise OSError(errno.EFAULT, "Bad address")  # the kernel reads a pointer
+        buf = bytes(arg)
+        if len(buf) < 4:
+            raise OSError(errno.EFAULT, "Bad address")
+        if not self.is_open:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        bits = (termios.TIOCM_DTR if self._line_dtr else 0) | (
+            termios.TIOCM_RTS if self._line_rts else 0
+        )
+        if request == termios.TIOCMGET:
+            out = struct.pack("I", bits) + buf[4:]
+            if isinstance(arg, (bytearray, memoryview)) and mutate_flag:
+                memoryview(arg)[:4] = out[:4]
+                return 0
+            return out
+        (value,) = struct.unpack_from("I", buf)
+        if request == termios.TIOCMSET:
+            bits = value
+        elif request == termios.TIOCMBIS:
+            bits |= value
+        else:
+            bits &= ~value
+        # one call moves both lines together: the board sees no in-between state
+        self._line_dtr = bool(bits & termios.TIOCM_DTR)
+        self._line_rts = bool(bits & termios.TIOCM_RTS)
+        self._set_lines()
+        return 0 if isinstance(arg, (bytearray, memoryview)) and mutate_flag else buf
 
     def _update_break_state(self) -> None:
         pass
@@ -157,9 +252,17 @@ class Serial(SerialBase):
         return False
 
     def fileno(self) -> int:
-        # No kernel tty behind this port: modem-line ioctls are impossible,
-        # which is what esptool sees on a pty (it then uses its classic reset).
-        raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")
+        """A descriptor for the modem-line ioctls (not a tty: isatty() is False,
+        and reading it is not reading the port)."""
+        if not self.is_open:
+            raise PortNotOpenError()
+        if self._fd is None:  # made on first use: most ports never need one
+            fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            with _ports_lock:
+                _ports_by_fd[fd] = self
+            self._fd = fd
+            self._fd_finalizer = weakref.finalize(self, os.close, fd)
+        return self._fd
 
 
 # pyserial looks the class up under this name
