@@ -282,7 +282,11 @@ def _sim_serve(args: argparse.Namespace) -> int:
             raise RuntimeFailure(f"cannot use flash file {flash}: {exc.strerror}") from None
         try:
             server = BoardServer(
-                board, host or "127.0.0.1", port, on_event=lambda t: print(t, flush=True)
+                board,
+                host or "127.0.0.1",
+                port,
+                on_event=lambda t: print(t, flush=True),
+                protocol=args.protocol,
             )
         except OSError as exc:
             board.close()
@@ -506,6 +510,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument("--listen", default="127.0.0.1:5555", metavar="HOST:PORT")
+    serve.add_argument(
+        "--protocol",
+        choices=["raw", "rfc2217"],
+        default="raw",
+        help="raw TCP (socket://, no reset lines: the default) or RFC 2217 (rfc2217://: "
+        "DTR/RTS and baud changes travel, as with esptool's esp_rfc2217_server)",
+    )
     serve.add_argument("--name", default="served", help="board name (flash file name)")
     serve.add_argument("--flash", metavar="FILE", help="flash image file (default: user cache dir)")
     serve.add_argument("--no-persist", action="store_true", help="keep the flash in memory only")

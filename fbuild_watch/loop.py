@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from fbuild_watch.build.backends import Backend
+from fbuild_watch.build.backends import Backend, detect_backend
 from fbuild_watch.build.objects import ObjectWatch
 from fbuild_watch.build.runner import BuildResult, BuildRun
+from fbuild_watch.config import CONFIG_NAME
 from fbuild_watch.errors import FbuildError, RuntimeFailure
 from fbuild_watch.events import Event
 from fbuild_watch.failures import DebugLog, Supervisor
@@ -291,6 +292,8 @@ class Loop:
         def on_line(line: str) -> None:
             loop.call_soon_threadsafe(self.emit, Event("build_output", {"line": line}))
 
+        if CONFIG_NAME in changed and self.backend.config is not None:
+            self._reload_config()
         run = BuildRun(self.backend, on_line, pointers=self.ws.pointers)
         self._build_run = run
         elf = self._elf_path() if self.deployer is not None else None
@@ -340,6 +343,28 @@ class Loop:
         if not result.cancelled and not stale:
             self.last_build_ok = result.ok
         return result, gen, cycle
+
+    def _reload_config(self) -> None:
+        """fbuild.toml was edited: its build settings (command, env, layout,
+        ELF, timeout) apply from this build on. A broken file keeps the old
+        settings until it is fixed (the build says what is wrong)."""
+        try:
+            backend = detect_backend(self.backend.project_dir)
+        except FbuildError as exc:
+            self.emit(Event("warning", {"message": f"{exc}; the previous build settings stay"}))
+            return
+        if type(backend) is not type(self.backend):
+            return  # another kind of project: only a restart can switch
+        self.backend = backend
+        self.emit(
+            Event(
+                "note",
+                {
+                    "message": f"{CONFIG_NAME} changed: build settings reloaded "
+                    "([board] and [watch] changes take effect on restart)"
+                },
+            )
+        )
 
     def _elf_path(self) -> Path | None:
         try:

@@ -314,9 +314,10 @@ class WatchSession:
     def update_symbolizer(self, layout: ValidatedLayout | None) -> None:
         """Point crash decoding at the ELF of what the boards now run."""
         elf = self.opts.elf or (layout.layout.elf if layout else None)
-        if elf is None and self.backend is not None:
+        backend = self.loop.backend if self.loop is not None else self.backend  # reloaded
+        if elf is None and backend is not None:
             with contextlib.suppress(FbuildError):  # a broken config: the build says so
-                elf = self.backend.elf_path()
+                elf = backend.elf_path()
         if elf is not None and layout is not None and not elf.is_file():
             if elf not in self._missing_elves:  # said once per path
                 self._missing_elves.add(elf)

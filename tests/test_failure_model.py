@@ -258,3 +258,29 @@ def test_an_unwritable_debug_log_does_not_stop_reporting(tmp_path: Path) -> None
     sup.failed("build", RuntimeError("x"))
     assert seen == ["build failed: RuntimeError: x"]  # no trace path promised
     assert sup.log.broken is not None
+
+
+async def test_an_edited_fbuild_toml_applies_to_the_next_build(
+    tmp_path: Path, firmware: Build
+) -> None:
+    """Editing the build settings while watching is never silently ignored:
+    they apply from the next build, and a broken file is said."""
+    project = make_project(tmp_path / "p", firmware)
+    toml = project / "fbuild.toml"
+    toml.write_text(toml.read_text().replace('paths = ["src"]', 'paths = ["src", "fbuild.toml"]'))
+    run = LoopRun(project, deployer=FakeDeployer())
+    run.loop.ws.paths.append("fbuild.toml")
+    await run.start(startup_build=True)
+    await run.expect("cycle_finished")
+    await _ready(run)
+    toml.write_text(toml.read_text().replace("env = { ", 'env = { MARK = "1", '))
+    await run.expect("note", lambda e: "build settings reloaded" in e.data["message"])
+    await run.expect("build_finished")
+    assert run.loop.backend.config is not None and run.loop.backend.config.env["MARK"] == "1"
+    toml.write_text("[build]\ncommand = 'not a list'\n")
+    warn = await run.expect("warning")
+    assert (
+        "fbuild.toml" in warn.data["message"]
+        and "previous build settings stay" in (warn.data["message"])
+    )
+    await run.stop()

@@ -381,3 +381,21 @@ def test_deploy_side_lookups_leave_bad_urls_to_the_open() -> None:
     # a reader thread asks this while waiting for the board: no traceback there,
     # the open (which the user sees) says what is wrong with the name
     assert sim_present("sim://a b") is True and sim_usb_serial("sim://a b") is None
+
+
+def test_closing_the_last_port_frees_the_board_for_the_next_process(tmp_path: Path) -> None:
+    """A real serial device is free again once closed; so is a virtual board
+    opened by URL (what its chip was doing is handed on: esptool's stub reuse
+    and load-ram across processes, checked by the conformance suite)."""
+    image = tmp_path / "handover.flash"
+    url = f"sim://handover?timing=instant&flash={image}"
+    port = serial.serial_for_url(url)
+    assert sim.get_board("handover") is not None
+    port.close()
+    assert sim.get_board("handover") is None  # powered off, flash saved, file free
+    code = (
+        "import serial, fbuild_watch.sim as sim; "
+        f"p = serial.serial_for_url({url!r}); print(sim.get_board('handover').state.value)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr  # not "busy": the first process let go

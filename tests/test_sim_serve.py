@@ -46,11 +46,12 @@ def serve(env: dict[str, str], *args: str) -> Served:
     )
     assert proc.stdout is not None
     banner = proc.stdout.readline()
-    m = re.search(r"socket://\S+", banner)
+    m = re.search(r"(socket|rfc2217)://\S+", banner)
     if m is None:
         proc.kill()
         raise AssertionError(f"no server: {banner}{proc.communicate()[0]}")
-    return Served(proc, m.group(0), banner)
+    url = m.group(0) + ("?ign_set_control" if m.group(1) == "rfc2217" else "")
+    return Served(proc, url, banner)
 
 
 @pytest.fixture
@@ -188,3 +189,21 @@ def test_stop_while_a_client_is_connected(env: dict[str, str], tmp_path: Path) -
         client.close()
     assert code == 0 and took < 1.0, (code, took, out)
     assert "stopped (flash saved to" in out
+
+
+def test_rfc2217_carries_resets_and_the_baud(env: dict[str, str]) -> None:
+    """Served over RFC 2217 the board is reset into its loader by esptool's
+    own reset sequence (no stub left over from the client before) and
+    follows the flashing baud, as behind esptool's esp_rfc2217_server."""
+    s = serve(env, "--no-persist", "--timing", "instant", "--protocol", "rfc2217")
+    try:
+        assert s.url.startswith("rfc2217://")
+        out = esptool(s, env, "--baud", "460800", "--after", "no-reset-stub", "flash-id")
+        assert "Manufacturer:" in out and "Changing baud rate to 460800" in out
+        # the next client resets the chip: a fresh ROM, so the stub is uploaded again
+        out = esptool(s, env, "--baud", "460800", "flash-id")
+        assert "Uploading stub flasher" in out and "Manufacturer:" in out
+    finally:
+        code, _, out = s.stop(signal.SIGTERM)
+    assert code == 0, out
+    assert out.count("connected (RFC 2217)") == 2

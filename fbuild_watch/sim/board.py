@@ -9,8 +9,10 @@ any moment, as on hardware.
 from __future__ import annotations
 
 import atexit
+import base64
 import collections
 import enum
+import json
 import os
 import sys
 import threading
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fbuild_watch.fsutil import atomic_write
 from fbuild_watch.sim import boot
 from fbuild_watch.sim.cpu import Cpu, SegmentError, format_panic
 from fbuild_watch.sim.flash import SpiFlash
@@ -210,7 +213,10 @@ class VirtualBoard:
         # always runs at the board's baud, so a baud change never garbles.
         self.host_follows_uart = False
         _LIVE.add(self)
-        self._power_on("poweron")
+        # a RAM app esptool started (load-ram): what the chip runs until a reset
+        self._ram_app: tuple[list[tuple[int, bytes]], int] | None = None
+        if not self._restore_chip_state():
+            self._power_on("poweron")
         self._thread = threading.Thread(target=self._run, name=f"sim-{name}", daemon=True)
         self._thread.start()
 
@@ -224,6 +230,10 @@ class VirtualBoard:
             self._port_open = True
             self._rx.clear()
             return self.link_epoch
+
+    @property
+    def port_open(self) -> bool:
+        return self._port_open
 
     def close_port(self, epoch: int) -> None:
         with self._lock:
@@ -386,7 +396,71 @@ class VirtualBoard:
             self._rx_cond.notify_all()
         if threading.current_thread() is not self._thread:
             self._stop_thread()
+        self._save_chip_state()
         self.flash.close()  # saved, and the flash file free for another board
+
+    # -- what the chip is doing outlives the process that had its port ----------
+    # A real chip stays in its loader, keeps a stub running or runs a RAM app
+    # between two host processes (esptool's TestStubReuse and load-ram rely on
+    # it); a virtual board lives in one process, so that state is handed on in
+    # FLASH.chip beside its flash file. An app booted from flash simply boots
+    # again in the next process.
+    def _chip_state_path(self) -> Path | None:
+        p = self.flash.path
+        return None if p is None else p.with_name(p.name + ".chip")
+
+    def _save_chip_state(self) -> None:
+        path = self._chip_state_path()
+        if path is None:
+            return
+        state: dict[str, object] | None = None
+        session = self._session
+        if self.state is BoardState.DOWNLOAD and session is not None:
+            state = {
+                "mode": "stub" if session.is_stub else "loader",
+                "stub_version": session.stub_version,
+                "uart_baud": self._uart_baud,
+            }
+        elif self.state is BoardState.APP and self._ram_app is not None:
+            segments, entry = self._ram_app
+            state = {
+                "mode": "ram_app",
+                "entry": entry,
+                "segments": [[addr, base64.b64encode(data).decode()] for addr, data in segments],
+            }
+        try:
+            if state is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write(path, json.dumps(state).encode())
+        except OSError:
+            pass  # the next process then powers the board on: a reset, not a loss
+
+    def _restore_chip_state(self) -> bool:
+        path = self._chip_state_path()
+        if path is None:
+            return False
+        try:
+            state = json.loads(path.read_text())
+            path.unlink()
+            mode = state["mode"]
+            if mode in ("stub", "loader"):
+                session = LoaderSession(self, _known_stubs())
+                if mode == "stub":
+                    session.is_stub = True
+                    session.stub_version = state["stub_version"]
+                    self.regs.attach_flash(self.flash.jedec_id)  # the stub attached it
+                self._session = session
+                self._uart_baud = int(state["uart_baud"])
+                self._set_state(BoardState.DOWNLOAD)
+                return True
+            if mode == "ram_app":
+                segments = [(int(a), base64.b64decode(d)) for a, d in state["segments"]]
+                self.start_ram_app(segments, int(state["entry"]))
+                return True
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # none, or unreadable: power on as usual
+        return False
 
     def _stop_thread(self, timeout: float = 5.0) -> None:
         """Power off: the device thread ends at its next step; an app inside
@@ -504,6 +578,7 @@ class VirtualBoard:
             self.faults.release.wait(60)
 
     def start_ram_app(self, segments: list[tuple[int, bytes]], entry: int) -> None:
+        self._ram_app = (segments, entry)
         self._start_cpu(segments, entry, elf_sha=None)
 
     def boot_from_flash(self) -> None:
@@ -632,6 +707,7 @@ class VirtualBoard:
         self.pace(self.timing.reset_to_rom_s)
         with self._lock:
             self._cpu = None
+            self._ram_app = None
             self._session = None
             self._slip.reset()
             self._inbox.clear()

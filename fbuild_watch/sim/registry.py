@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -24,6 +25,7 @@ from fbuild_watch.sim.regs import ChipIdentity
 from fbuild_watch.sim.timing import TIMINGS
 
 _boards: dict[str, VirtualBoard] = {}
+_from_url: weakref.WeakSet[VirtualBoard] = weakref.WeakSet()  # made by board_for_url
 _lock = threading.Lock()
 
 
@@ -178,7 +180,29 @@ def board_for_url(url: str) -> VirtualBoard:
         if board is None:
             board = make_board(opts)
             _boards[opts.name] = board
+            _from_url.add(board)
         return board
+
+
+def release_if_unused(board: VirtualBoard) -> None:
+    """Its last port was closed: a board opened by URL with a flash file is
+    powered off (flash saved, what the chip was doing handed on in
+    FLASH.chip) and its flash file freed, so the next process, an esptool
+    run or `fbuild sim serve`, can open it, as a closed serial device can
+    be. A board that is away (unplugged, re-enumerating), a memory-only one
+    (process-private) or one built in code stays as it is."""
+    with _lock:
+        if (
+            board not in _from_url
+            or board.flash.path is None
+            or not board.present
+            or board.port_open
+            or _boards.get(board.name) is not board
+        ):
+            return
+        del _boards[board.name]
+        _from_url.discard(board)
+    board.close()
 
 
 def add_board(board: VirtualBoard) -> VirtualBoard:

@@ -12,6 +12,11 @@ and carries no baud rate, so the link always runs at the board's UART baud
 (`host_follows_uart`): a baud change never garbles the next client. (A USB
 bridge would keep the host's baud and garble until the host matched it;
 RFC 2217 is the protocol that carries baud changes.)
+
+`protocol="rfc2217"` serves the board as esptool's `esp_rfc2217_server`
+serves a real one (its `EspPortManager` over the board's own `sim://`
+port): DTR/RTS and the baud travel with the data, so esptool's resets and
+baud changes work as on a real board behind that server.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ import socket
 import threading
 from collections.abc import Callable
 
+import serial
+from esp_rfc2217_server.esp_port_manager import EspPortManager
+
+from fbuild_watch.sim import registry
 from fbuild_watch.sim.board import Disconnected, VirtualBoard
 
 ACCEPT_POLL_S = 0.1  # how soon stop() is noticed by the accept loop
@@ -34,10 +43,18 @@ class BoardServer:
         host: str = "127.0.0.1",
         port: int = 0,
         on_event: Callable[[str], None] | None = None,
+        *,
+        protocol: str = "raw",
     ) -> None:
         """`on_event(text)`: a client came, left or was refused (any thread)."""
+        if protocol not in ("raw", "rfc2217"):
+            raise ValueError(f"protocol must be 'raw' or 'rfc2217', got {protocol!r}")
         self.board = board
-        board.host_follows_uart = True
+        self.protocol = protocol
+        # raw TCP carries no baud (the link follows the board); RFC 2217 does
+        board.host_follows_uart = protocol == "raw"
+        if protocol == "rfc2217":
+            registry.add_board(board)  # its `sim://` port is what PortManager drives
         self.sock = socket.create_server((host, port))
         self.address: tuple[str, int] = self.sock.getsockname()[:2]
         self.on_event = on_event or (lambda _t: None)
@@ -49,7 +66,8 @@ class BoardServer:
 
     @property
     def url(self) -> str:
-        return f"socket://{self.address[0]}:{self.address[1]}"
+        scheme = "socket" if self.protocol == "raw" else "rfc2217"
+        return f"{scheme}://{self.address[0]}:{self.address[1]}"
 
     def start(self) -> BoardServer:
         self._thread = threading.Thread(target=self.serve_forever, name="sim-server", daemon=True)
@@ -77,6 +95,9 @@ class BoardServer:
             bridge.start()
 
     def _bridge(self, conn: socket.socket, peer: str) -> None:
+        if self.protocol == "rfc2217":
+            self._bridge_rfc2217(conn, peer)
+            return
         board = self.board
         try:
             epoch = board.open_port()
@@ -122,6 +143,58 @@ class BoardServer:
             self._busy.release()
             self.on_event(f"client {peer} left")
 
+    def _bridge_rfc2217(self, conn: socket.socket, peer: str) -> None:
+        """esptool's `esp_rfc2217_server` redirector, over the board's port."""
+        try:
+            port = serial.serial_for_url(f"sim://{self.board.name}", timeout=READ_POLL_S)
+        except serial.SerialException as exc:
+            conn.close()
+            self._busy.release()
+            self.on_event(f"refused {peer}: {exc}")
+            return
+        self.clients_served += 1
+        self.on_event(f"client {peer} connected (RFC 2217)")
+        # telnet replies and data go out in small writes: no Nagle delays
+        with contextlib.suppress(OSError):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # esptool's own port manager: it recognises esptool's reset sequences in
+        # the DTR/RTS changes and replays them at the port with esptool's
+        # timing (line changes over a network arrive late and bunched)
+        manager = EspPortManager(port, _Writer(conn), esp32r0_delay=False)
+        done = threading.Event()
+
+        def uplink() -> None:
+            try:
+                while not done.is_set():
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    port.write(b"".join(manager.filter(data)))
+            except (OSError, serial.SerialException):
+                pass
+            finally:
+                done.set()
+
+        up = threading.Thread(target=uplink, name=f"sim-uplink-{peer}", daemon=True)
+        up.start()
+        try:
+            while not done.is_set() and not self._stop.is_set():
+                data = port.read(port.in_waiting or 1)
+                if data:
+                    conn.sendall(b"".join(manager.escape(data)))
+                manager.check_modem_lines()
+        except (OSError, serial.SerialException):
+            pass
+        finally:
+            done.set()
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+            up.join(timeout=1)
+            port.close()  # the board keeps running for the next client
+            self._busy.release()
+            self.on_event(f"client {peer} left")
+
     def stop(self) -> None:
         """Stop accepting and end the open connection (the board is not closed)."""
         self._stop.set()
@@ -131,3 +204,15 @@ class BoardServer:
             self._thread.join(timeout=2)
         for bridge in self._bridges:
             bridge.join(timeout=2)
+
+
+class _Writer:
+    """The connection as PortManager writes to it (telnet replies)."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self._lock, contextlib.suppress(OSError):
+            self._conn.sendall(data)

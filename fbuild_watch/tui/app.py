@@ -13,6 +13,7 @@ from rich.markup import escape
 from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
+from textual.css.query import NoMatches
 from textual.widgets import Footer, Input, Log, TabbedContent, TabPane
 from textual.worker import Worker
 
@@ -171,7 +172,10 @@ class WatchApp(App[int]):
     def _on_event(self, ev: Event) -> None:
         self.events_seen.append(ev)
         d = ev.data
-        build = self.query_one("#build", Log)
+        try:
+            build = self.query_one("#build", Log)
+        except NoMatches:  # the screen is gone (quitting): nothing left to draw
+            return
         if ev.type == "build_started":
             self._state = "building"
             build.clear()
@@ -206,6 +210,9 @@ class WatchApp(App[int]):
                 if k not in ("linked", "compiled")
             )
         elif ev.type == "crash":
+            # the panic's own lines first (they wait for the next frame), so
+            # the decode reads under the panic, not above it
+            self._flush_serial()
             log = self._log_widget(d["board"])
             if log is not None:
                 lines = [f"  => {f}" for f in d.get("decoded", [])] or [

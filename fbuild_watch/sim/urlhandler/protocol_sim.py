@@ -25,7 +25,7 @@ from serial.serialutil import PortNotOpenError, SerialBase, SerialException
 
 from fbuild_watch.sim.board import Disconnected, VirtualBoard
 from fbuild_watch.sim.flash import FlashImageError, FlashInUse
-from fbuild_watch.sim.registry import SimUrlError, board_for_url
+from fbuild_watch.sim.registry import SimUrlError, board_for_url, release_if_unused
 
 _MODEM_REQUESTS = frozenset(
     (termios.TIOCMGET, termios.TIOCMSET, termios.TIOCMBIS, termios.TIOCMBIC)
@@ -106,6 +106,7 @@ class Serial(SerialBase):
     def close(self) -> None:
         if self.is_open and self.board is not None:
             self.board.close_port(self._epoch)
+            release_if_unused(self.board)  # a closed device is free for the next process
         if self._fd_finalizer is not None:
             with _ports_lock:
                 _ports_by_fd.pop(self._fd or -1, None)

@@ -1,0 +1,1 @@
+"""esptool's own hardware test suite, run against the virtual board."""
