@@ -354,7 +354,9 @@ class Loop:
             self.emit(Event("warning", {"message": f"{exc}; the previous build settings stay"}))
             return
         if type(backend) is not type(self.backend):
-            return  # another kind of project: only a restart can switch
+            message = f"{CONFIG_NAME} changed the kind of project; restart to switch"
+            self.emit(Event("warning", {"message": message}))
+            return
         self.backend = backend
         self.emit(
             Event(
