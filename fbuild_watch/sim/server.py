@@ -102,57 +102,31 @@ class BoardServer:
         try:
             epoch = board.open_port()
         except (Disconnected, BlockingIOError) as exc:
-            conn.close()
-            self._busy.release()
-            self.on_event(f"refused {peer}: {exc}")
+            self._refuse(conn, peer, exc)
             return
-        self.clients_served += 1
         self.on_event(f"client {peer} connected")
-        done = threading.Event()
 
-        def uplink() -> None:
-            try:
-                while not done.is_set():
-                    data = conn.recv(65536)
-                    if not data:
-                        break
-                    board.host_write(epoch, data)
-            except (OSError, Disconnected):
-                pass
-            finally:
-                done.set()
-
-        up = threading.Thread(target=uplink, name=f"sim-uplink-{peer}", daemon=True)
-        up.start()
-        try:
-            while not done.is_set() and not self._stop.is_set():
-                data = board.host_read(epoch, 65536, READ_POLL_S)
-                if data:
-                    conn.sendall(data)
-        except (OSError, Disconnected):
-            pass
-        finally:
-            done.set()
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-            up.join(timeout=1)
+        def close() -> None:
             # The port closes; the board keeps running (stub, baud, app) for
             # the next client, as a chip does when its host program exits.
             board.close_port(epoch)
-            self._busy.release()
-            self.on_event(f"client {peer} left")
+
+        self._relay(
+            conn,
+            peer,
+            to_board=lambda data: board.host_write(epoch, data),
+            from_board=lambda: board.host_read(epoch, 65536, READ_POLL_S),
+            close=close,
+            errors=(Disconnected,),
+        )
 
     def _bridge_rfc2217(self, conn: socket.socket, peer: str) -> None:
         """esptool's `esp_rfc2217_server` redirector, over the board's port."""
         try:
             port = serial.serial_for_url(f"sim://{self.board.name}", timeout=READ_POLL_S)
         except serial.SerialException as exc:
-            conn.close()
-            self._busy.release()
-            self.on_event(f"refused {peer}: {exc}")
+            self._refuse(conn, peer, exc)
             return
-        self.clients_served += 1
         self.on_event(f"client {peer} connected (RFC 2217)")
         # telnet replies and data go out in small writes: no Nagle delays
         with contextlib.suppress(OSError):
@@ -161,6 +135,40 @@ class BoardServer:
         # the DTR/RTS changes and replays them at the port with esptool's
         # timing (line changes over a network arrive late and bunched)
         manager = EspPortManager(port, _Writer(conn), esp32r0_delay=False)
+
+        def from_board() -> bytes:
+            data = port.read(port.in_waiting or 1)
+            manager.check_modem_lines()
+            return b"".join(manager.escape(data))
+
+        self._relay(
+            conn,
+            peer,
+            to_board=lambda data: port.write(b"".join(manager.filter(data))),
+            from_board=from_board,
+            close=port.close,  # the board keeps running for the next client
+            errors=(serial.SerialException,),
+        )
+
+    def _refuse(self, conn: socket.socket, peer: str, why: BaseException) -> None:
+        conn.close()
+        self._busy.release()
+        self.on_event(f"refused {peer}: {why}")
+
+    def _relay(
+        self,
+        conn: socket.socket,
+        peer: str,
+        *,
+        to_board: Callable[[bytes], object],
+        from_board: Callable[[], bytes],
+        close: Callable[[], None],
+        errors: tuple[type[Exception], ...],
+    ) -> None:
+        """Bytes both ways until the client or the server goes; then the
+        board's side is closed and the next client may come."""
+        self.clients_served += 1
+        expected: tuple[type[Exception], ...] = (OSError, *errors)  # a side went away
         done = threading.Event()
 
         def uplink() -> None:
@@ -169,8 +177,8 @@ class BoardServer:
                     data = conn.recv(65536)
                     if not data:
                         break
-                    port.write(b"".join(manager.filter(data)))
-            except (OSError, serial.SerialException):
+                    to_board(data)
+            except expected:
                 pass
             finally:
                 done.set()
@@ -179,11 +187,10 @@ class BoardServer:
         up.start()
         try:
             while not done.is_set() and not self._stop.is_set():
-                data = port.read(port.in_waiting or 1)
+                data = from_board()
                 if data:
-                    conn.sendall(b"".join(manager.escape(data)))
-                manager.check_modem_lines()
-        except (OSError, serial.SerialException):
+                    conn.sendall(data)
+        except expected:
             pass
         finally:
             done.set()
@@ -191,7 +198,7 @@ class BoardServer:
                 conn.shutdown(socket.SHUT_RDWR)
             conn.close()
             up.join(timeout=1)
-            port.close()  # the board keeps running for the next client
+            close()
             self._busy.release()
             self.on_event(f"client {peer} left")
 
