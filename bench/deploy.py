@@ -37,10 +37,10 @@ from esptool.reset import ClassicReset, HardReset
 
 from bench.common import copy_example, save
 from fbuild_watch import sim
-from fbuild_watch.deploy import BoardConnection, BoardDeployer, FlashCache, SessionTrust, describe
-from fbuild_watch.deploy.connection import CountingPort
+from fbuild_watch.deploy import BoardDeployer, BoardWorker, FlashCache, SessionTrust, describe
 from fbuild_watch.deploy.esplog import captured
 from fbuild_watch.deploy.plan import sector_runs
+from fbuild_watch.deploy.worker import CountingPort
 from fbuild_watch.image import load_flasher_args
 from fbuild_watch.image.layout import ValidatedLayout
 from fbuild_watch.sim.board import VirtualBoard
@@ -148,7 +148,7 @@ def run_ours(scenario: str, lays: dict[str, ValidatedLayout]) -> dict[str, Any]:
     cache = FlashCache(Path(tempfile.mkdtemp()))
     if scenario == "d":  # the previous session left its verified layout in the cache
         cache.save(board.identity.mac.hex(":"), {r.offset: r.data for r in v1.layout.regions})
-    conn = BoardConnection(describe(f"sim://{board.name}"))
+    conn = BoardWorker(describe(f"sim://{board.name}"))
     conn.open()
     dep = BoardDeployer(conn, baud=BAUD, trust=SessionTrust(), cache=cache)
     if scenario in "abc":  # earlier in this session: a verified deploy of v1
@@ -279,7 +279,7 @@ def sweep(
         row: dict[str, Any] = {"changed_kib": kb}
         for label, stub in (("rom", False), ("stub", True), ("auto", None)):
             board = _board(prior)
-            conn = BoardConnection(describe(f"sim://{board.name}"))
+            conn = BoardWorker(describe(f"sim://{board.name}"))
             conn.open()
             dep = BoardDeployer(conn, baud=BAUD, trust=SessionTrust(), stub=stub)
             boots = board.counters.app_boots

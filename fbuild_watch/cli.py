@@ -118,12 +118,12 @@ def _deploy(args: argparse.Namespace) -> int:
     import concurrent.futures
 
     from fbuild_watch.build import detect_backend
-    from fbuild_watch.deploy import BoardConnection, BoardDeployer, FlashCache, SessionTrust
+    from fbuild_watch.deploy import BoardDeployer, BoardWorker, FlashCache, SessionTrust
     from fbuild_watch.deploy.ports import PortInfo, board_ports, flashing_baud
-    from fbuild_watch.deploy.simport import register_sim
+    from fbuild_watch.plugins import load_port_schemes
     from fbuild_watch.project_lock import refuse_if_watched
 
-    register_sim()
+    load_port_schemes()
     backend = detect_backend(Path(args.project), fqbn=args.fqbn)
     refuse_if_watched(backend.project_dir, "deploy")
     cfg = backend.config
@@ -134,7 +134,7 @@ def _deploy(args: argparse.Namespace) -> int:
     cache = None if args.no_trust else FlashCache()
 
     def one(info: PortInfo) -> dict[str, object]:
-        conn = BoardConnection(info)
+        conn = BoardWorker(info)
         conn.open()
         try:
             dep = BoardDeployer(

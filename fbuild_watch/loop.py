@@ -24,7 +24,23 @@ from fbuild_watch.build.objects import ObjectWatch
 from fbuild_watch.build.runner import BuildResult, BuildRun
 from fbuild_watch.config import CONFIG_NAME
 from fbuild_watch.errors import FbuildError, RuntimeFailure
-from fbuild_watch.events import Event
+from fbuild_watch.events import (
+    BuildFinished,
+    BuildOutput,
+    BuildSkipped,
+    BuildStarted,
+    CycleFinished,
+    Event,
+    Failed,
+    FilesChanged,
+    LoopStarted,
+    LoopStopped,
+    Note,
+    Paused,
+    Resumed,
+    StartupScan,
+    Warned,
+)
 from fbuild_watch.failures import DebugLog, Supervisor
 from fbuild_watch.image.layout import ValidatedLayout
 from fbuild_watch.image.linkkey import file_stamp, link_key
@@ -50,14 +66,18 @@ class Deployer(Protocol):
 
     async def reset(self) -> None: ...
 
-    async def prepare(self, link_key: str | None) -> None:
+    async def connect_ahead(self, link_key: str | None) -> None:
         """The build linked an ELF whose loadable bytes hash to `link_key`
         and is now making its image (None: it compiled an object that
         changes what the last image was linked from, and has not linked
         yet): connect ahead to every board that will need the serial link."""
 
-    async def release(self) -> None:
-        """No deploy follows a `prepare`: boards return to their apps."""
+    async def back_to_app(self) -> None:
+        """No deploy follows a `connect_ahead`: boards return to their apps."""
+
+    async def first_app_line(self, timeout: float = 5.0) -> float | None:
+        """Monotonic time of the first line the new firmware printed on any
+        board after the last deploy; None if none is coming (or not in time)."""
 
     def abort(self) -> None:
         """Interrupt deploys in progress (they then report `failed`)."""
@@ -137,7 +157,7 @@ class Loop:
             aio.call_soon_threadsafe(self._report_failure, part, message)
             return
         self.problems[part] = message
-        self.emit(Event("error", {"part": part, "message": message}))
+        self.emit(Failed(part=part, message=message))
 
     def _background(self, coro: Awaitable[None], part: str) -> asyncio.Future[None]:
         """A supervised background task: its exception is reported, never lost."""
@@ -170,10 +190,7 @@ class Loop:
         if self._change_at is None:
             self._change_at = at if at is not None else time.monotonic()
         self.emit(
-            Event(
-                "files_changed",
-                {"generation": self.generation, "paths": sorted(paths)[:50], "count": len(paths)},
-            )
+            FilesChanged(generation=self.generation, paths=sorted(paths)[:50], count=len(paths))
         )
         if self.state == "building" and self.on_busy == "restart" and self._build_run is not None:
             self._build_run.cancel()
@@ -191,7 +208,7 @@ class Loop:
             # a board that missed the last deploy is back; boards that hold it
             # already trust-skip, so this costs them nothing
             if self._deploy_request is None and self.last_layout is not None:
-                self.emit(Event("note", {"message": "a board is back: deploying the last build"}))
+                self.emit(Note(message="a board is back: deploying the last build"))
                 self._deploy_request = {"full": False, "app_only": False}
                 self._wake.set()
         elif name in ("full-flash", "app-flash"):
@@ -201,12 +218,12 @@ class Loop:
             self.paused = not self.paused
             if self.watcher is not None:
                 self.watcher.pause(self.paused)
-            self.emit(Event("paused" if self.paused else "resumed"))
+            self.emit(Paused() if self.paused else Resumed())
         elif name == "reset":
             if self.deployer is not None:
                 self._background(self.deployer.reset(), "reset")
         else:
-            self.emit(Event("error", {"message": f"unknown command {name!r}"}))
+            self.emit(Failed(message=f"unknown command {name!r}"))
 
     # -- start-up ------------------------------------------------------------------
     def startup_scan(self, *, may_skip: bool = True) -> bool:
@@ -215,7 +232,7 @@ class Loop:
         dropped: list[str] = []  # entries of a hostile or damaged state file
         loaded = WatchSet.load_state(self.state_file, warnings=dropped)
         for message in dropped:
-            self.emit(Event("warning", {"message": message}))
+            self.emit(Warned(message=message))
         previous, build_fp = loaded if loaded else (None, None)
         t0 = time.monotonic()
         try:
@@ -235,26 +252,20 @@ class Loop:
             if self.last_layout is not None:
                 self.built_generation = self.generation
                 self.emit(
-                    Event(
-                        "build_skipped",
-                        {
-                            "reason": "sources unchanged since the last successful build",
-                            "fingerprint": build_fp,
-                            "files": len(self.ws),
-                            "scan_ms": round(scan_ms, 1),
-                            "image_hash": self.last_layout.image_hash,
-                        },
+                    BuildSkipped(
+                        reason="sources unchanged since the last successful build",
+                        fingerprint=build_fp,
+                        files=len(self.ws),
+                        scan_ms=round(scan_ms, 1),
+                        image_hash=self.last_layout.image_hash,
                     )
                 )
                 return False
         self.emit(
-            Event(
-                "startup_scan",
-                {
-                    "files": len(self.ws),
-                    "scan_ms": round(scan_ms, 1),
-                    "changed_since_last_build": len(changes.paths) if previous else None,
-                },
+            StartupScan(
+                files=len(self.ws),
+                scan_ms=round(scan_ms, 1),
+                changed_since_last_build=len(changes.paths) if previous else None,
             )
         )
         return True
@@ -277,20 +288,12 @@ class Loop:
         if cycle.change_at is not None:
             cycle.timings["change_to_build_start"] = cycle.build_start - cycle.change_at
         self.emit(
-            Event(
-                "build_started",
-                {
-                    "generation": gen,
-                    "reason": reason,
-                    "changed": changed[:50],
-                    "count": len(changed),
-                },
-            )
+            BuildStarted(generation=gen, reason=reason, changed=changed[:50], count=len(changed))
         )
         loop = asyncio.get_running_loop()
 
         def on_line(line: str) -> None:
-            loop.call_soon_threadsafe(self.emit, Event("build_output", {"line": line}))
+            loop.call_soon_threadsafe(self.emit, BuildOutput(line=line))
 
         if CONFIG_NAME in changed and self.backend.config is not None:
             self._reload_config()
@@ -318,17 +321,7 @@ class Loop:
         await self._settle_link()
         cycle.timings["build"] = result.duration_s
         stale = self.generation != gen
-        self.emit(
-            Event(
-                "build_finished",
-                {
-                    **result.as_dict(),
-                    "generation": gen,
-                    "stale": stale,
-                    "duration_ms": round(result.duration_s * 1000, 1),
-                },
-            )
-        )
+        self.emit(BuildFinished(result=result, generation=gen, stale=stale))
         if result.ok and not stale:
             self.built_generation = gen
             self.last_layout = result.layout
@@ -351,20 +344,17 @@ class Loop:
         try:
             backend = detect_backend(self.backend.project_dir)
         except FbuildError as exc:
-            self.emit(Event("warning", {"message": f"{exc}; the previous build settings stay"}))
+            self.emit(Warned(message=f"{exc}; the previous build settings stay"))
             return
         if type(backend) is not type(self.backend):
             message = f"{CONFIG_NAME} changed the kind of project; restart to switch"
-            self.emit(Event("warning", {"message": message}))
+            self.emit(Warned(message=message))
             return
         self.backend = backend
         self.emit(
-            Event(
-                "note",
-                {
-                    "message": f"{CONFIG_NAME} changed: build settings reloaded "
-                    "([board] and [watch] changes take effect on restart)"
-                },
+            Note(
+                message=f"{CONFIG_NAME} changed: build settings reloaded "
+                "([board] and [watch] changes take effect on restart)"
             )
         )
 
@@ -421,7 +411,7 @@ class Loop:
                 if build.done():
                     return
                 cycle.timings["compiled"] = time.monotonic() - cycle.build_start
-                await self._prepare(None, cycle)
+                await self._connect_ahead(None, cycle)
                 return
             stamp = file_stamp(elf)
             if stamp is None or stamp == before:
@@ -431,14 +421,14 @@ class Loop:
             if key is None or build.done():
                 continue  # not all written yet, or too late to gain anything
             cycle.timings["linked"] = time.monotonic() - cycle.build_start
-            await self._prepare(key, cycle)
+            await self._connect_ahead(key, cycle)
             return
 
-    async def _prepare(self, key: str | None, cycle: Cycle) -> None:
+    async def _connect_ahead(self, key: str | None, cycle: Cycle) -> None:
         assert self.deployer is not None and cycle.build_start is not None
         self._preparing = True
         try:
-            await self.deployer.prepare(key)
+            await self.deployer.connect_ahead(key)
         finally:
             self._preparing = False
         cycle.timings["connected_ahead"] = time.monotonic() - cycle.build_start
@@ -457,10 +447,10 @@ class Loop:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def _release(self) -> None:
+    async def _back_to_app(self) -> None:
         if self.deployer is not None:
             with contextlib.suppress(Exception):
-                await self.deployer.release()
+                await self.deployer.back_to_app()
 
     def _save_state(self, build_fingerprint: str) -> None:
         """The saved state only spares the next start a build: a failure to
@@ -471,12 +461,9 @@ class Loop:
             if not self._state_save_warned:
                 self._state_save_warned = True
                 self._emit_threadsafe(
-                    Event(
-                        "warning",
-                        {
-                            "message": f"{self.state_file}: cannot save the watch state "
-                            f"({exc.strerror or exc}); the next start rebuilds"
-                        },
+                    Warned(
+                        message=f"{self.state_file}: cannot save the watch state "
+                        f"({exc.strerror or exc}); the next start rebuilds"
                     )
                 )
 
@@ -489,7 +476,7 @@ class Loop:
         """Files the watch set could not read are watched (a later edit that
         makes them readable builds) and said once each."""
         for rel, why in self.ws.take_unreadable():
-            self.emit(Event("warning", {"message": f"{rel}: cannot read ({why}); still watched"}))
+            self.emit(Warned(message=f"{rel}: cannot read ({why}); still watched"))
 
     async def _deploy(
         self, layout: ValidatedLayout, cycle: Cycle | None, *, full: bool, app_only: bool
@@ -508,9 +495,8 @@ class Loop:
         if cycle is not None:
             cycle.deploy_end = time.monotonic()
             cycle.timings["deploy"] = cycle.deploy_end - t0
-            first_line = getattr(self.deployer, "first_app_line", None)
-            if first_line is not None and cycle.change_at is not None:
-                seen = await first_line()
+            if cycle.change_at is not None:
+                seen = await self.deployer.first_app_line()
                 if seen is not None:
                     cycle.timings["deploy_to_first_log"] = seen - cycle.deploy_end
                     cycle.timings["save_to_first_log"] = seen - cycle.change_at
@@ -552,20 +538,17 @@ class Loop:
             elif not self._needs_build() and self._deploy_request is None:
                 # failed (or superseded) after linking: nothing to
                 # write, so no board stays in its bootloader
-                await self._release()
+                await self._back_to_app()
             self.emit(
-                Event(
-                    "cycle_finished",
-                    {
-                        "generation": gen,
-                        "ok": result.ok,
-                        "timings_ms": {k: round(v * 1000, 1) for k, v in cycle.timings.items()},
-                        "save_to_first_log_ms": (
-                            round(cycle.timings["save_to_first_log"] * 1000, 1)
-                            if "save_to_first_log" in cycle.timings
-                            else None
-                        ),
-                    },
+                CycleFinished(
+                    generation=gen,
+                    ok=result.ok,
+                    timings_ms={k: round(v * 1000, 1) for k, v in cycle.timings.items()},
+                    save_to_first_log_ms=(
+                        round(cycle.timings["save_to_first_log"] * 1000, 1)
+                        if "save_to_first_log" in cycle.timings
+                        else None
+                    ),
                 )
             )
             self.state = "idle" if self.deployer is None else "monitoring"
@@ -606,15 +589,10 @@ class Loop:
                 if len(self._watcher_failures) >= WATCHER_MAX_FAILURES:
                     self.fatal = f"file watcher stopped: {message}"
                     self.problems["file watcher"] = self.fatal
-                    self.emit(Event("error", {"part": "file watcher", "message": self.fatal}))
+                    self.emit(Failed(part="file watcher", message=self.fatal))
                     self.stop()
                     return
-                self.emit(
-                    Event(
-                        "note",
-                        {"message": "file watcher restarted in polling mode after an error"},
-                    )
-                )
+                self.emit(Note(message="file watcher restarted in polling mode after an error"))
                 watcher.restart_polling()
 
     async def _supervised(self, coro: Awaitable[None], part: str) -> None:
@@ -638,7 +616,7 @@ class Loop:
         project = str(self.backend.project_dir)
         self._aio = asyncio.get_running_loop()
         self._aio_thread = threading.get_ident()
-        self.emit(Event("loop_started", {"project": project, "backend": self.backend.kind}))
+        self.emit(LoopStarted(project=project, backend=self.backend.kind))
         # Always scanned: the watch set (and its `.lnk` pointers, which the
         # first build resolves) comes from this scan, even with --build.
         changed = self.startup_scan(may_skip=startup_build is None)
@@ -674,22 +652,19 @@ class Loop:
             if self.deploying:
                 assert self._deploy_fut is not None
                 self.emit(
-                    Event(
-                        "note",
-                        {
-                            "message": "quitting after the deploy in progress; quit again to "
-                            "abort it (the flash is then partially written)"
-                        },
+                    Note(
+                        message="quitting after the deploy in progress; quit again to "
+                        "abort it (the flash is then partially written)"
                     )
                 )
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._deploy_fut)
             await self._settle_link()
-            await self._release()
+            await self._back_to_app()
             if self._saves:  # the next start relies on the saved state
                 await asyncio.gather(*self._saves, return_exceptions=True)
             stats = vars(self.watcher.stats) if self.watcher is not None else {}
-            self.emit(Event("loop_stopped", {"watcher": dict(stats)}))
+            self.emit(LoopStopped(watcher=dict(stats)))
 
     def stop(self) -> None:
         """Quit: a deploy in progress is finished first (see `abort`)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import threading
 import time
@@ -19,19 +20,33 @@ from pathlib import Path
 
 from fbuild_watch.build.backends import Backend, detect_backend
 from fbuild_watch.decode import Crash, CrashDetector
-from fbuild_watch.deploy.connection import BoardConnection
 from fbuild_watch.deploy.engine import BoardDeployer
 from fbuild_watch.deploy.outcome import DeployOutcome
 from fbuild_watch.deploy.ports import DEFAULT_BAUD, PortInfo, board_ports, flashing_baud
-from fbuild_watch.deploy.simport import register_sim
 from fbuild_watch.deploy.trust import FlashCache, SessionTrust
+from fbuild_watch.deploy.worker import BoardWorker
 from fbuild_watch.errors import ConfigError, FbuildError
-from fbuild_watch.events import Event
+from fbuild_watch.events import (
+    BoardRef,
+    BoardReset,
+    ConnectedAhead,
+    CrashDecoded,
+    DeployFinished,
+    DeployStarted,
+    Event,
+    Failed,
+    Note,
+    PortChanged,
+    PortState,
+    SessionStarted,
+    Warned,
+)
 from fbuild_watch.failures import DebugLog, Supervisor
 from fbuild_watch.image.layout import ValidatedLayout
 from fbuild_watch.image.linkkey import link_key
 from fbuild_watch.loop import Loop
 from fbuild_watch.monitor import LineSplitter, LogFile
+from fbuild_watch.plugins import load_port_schemes
 from fbuild_watch.project_lock import ProjectLock
 from fbuild_watch.watch import Watcher, WatchOptions, WatchSet
 from fbuild_watch.watch.watcher import state_path_for
@@ -80,7 +95,7 @@ class BoardSession:
         # (image hash, link key of its ELF) of what the last deploy left on the board
         self.held_link: tuple[str, str | None] | None = None
         self.ever_connected = False  # `monitor --timeout`: a port that never opened fails
-        self.conn = BoardConnection(
+        self.conn = BoardWorker(
             info,
             baud=session.opts.monitor_baud,
             on_data=self._on_data,
@@ -109,9 +124,8 @@ class BoardSession:
 
     def _on_state(self, state: str, message: str) -> None:
         self.session.emit_threadsafe(
-            Event(
-                "port_state",
-                {"port": self.info.url, "board": self.label, "state": state, "message": message},
+            PortChanged(
+                board=self.label, port=self.info.url, state=PortState(state), message=message
             )
         )
         if state == "connected":
@@ -139,20 +153,24 @@ class BoardSession:
         if not lines:
             return
         now = time.monotonic()
+        self.session.on_serial(self.label, self.info.url, t, lines)
+        # after the lines went to the views: a cycle's end must not be
+        # rendered before the line that ended it
         if self.first_line_after is not None:
             for line in lines:
                 if not _BOOT_NOISE.match(line):
                     self.first_app_line_at = now
                     self.first_line_after = None
+                    self.session.first_line_seen(now)
                     break
-        self.session.on_serial(self.label, self.info.url, t, lines)
         for line in lines:
             self.crash.feed(line)
 
     def _on_crash(self, crash: Crash) -> None:
         """A decoded panic (on the decoding thread)."""
-        data = {"port": self.info.url, "board": self.label, **crash.as_event_data()}
-        self.session.emit_threadsafe(Event("crash", data))
+        self.session.emit_threadsafe(
+            CrashDecoded(board=self.label, port=self.info.url, crash=crash)
+        )
 
 
 class MultiDeployer:
@@ -166,20 +184,17 @@ class MultiDeployer:
         boards = self.session.boards
         emit = self.session.emit
         for b in boards:
-            emit(
-                Event(
-                    "deploy_started",
-                    {"port": b.info.url, "board": b.label, "full": full, "app_only": app_only},
-                )
-            )
+            emit(DeployStarted(board=b.label, port=b.info.url, full=full, app_only=app_only))
 
         def run(b: BoardSession) -> DeployOutcome:
             b.first_app_line_at = None
             b.first_line_after = time.monotonic()
             return b.deployer.deploy(layout, full=full, app_only=app_only)
 
+        # each on its board's own worker thread: truly in parallel
         results = await asyncio.gather(
-            *(asyncio.to_thread(run, b) for b in boards), return_exceptions=True
+            *(asyncio.wrap_future(b.conn.submit(functools.partial(run, b))) for b in boards),
+            return_exceptions=True,
         )
         self._ahead = []
         elf = layout.layout.elf
@@ -201,23 +216,28 @@ class MultiDeployer:
             ok &= o.ok
             b.needs_deploy = not o.ok
             b.held_link = (layout.image_hash, key) if o.ok else None
-            emit(Event("deploy_finished", {"board": b.label, **o.as_dict()}))
+            emit(DeployFinished(board=b.label, port=b.info.url, outcome=o))
         self.session.update_symbolizer(layout)
         return ok
 
     async def first_app_line(self, timeout: float = 5.0) -> float | None:
-        """Monotonic time of the first line of the new firmware (any board)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            times = [b.first_app_line_at for b in self.session.boards if b.first_app_line_at]
-            if times:
-                return min(times)
-            if not any(b.first_line_after for b in self.session.boards):
-                return None
-            await asyncio.sleep(0.005)
-        return None
+        """Monotonic time of the first line of the new firmware (any board),
+        or None when no board is going to print one (or not in `timeout`)."""
+        times = [b.first_app_line_at for b in self.session.boards if b.first_app_line_at]
+        if times:
+            return min(times)
+        if not any(b.first_line_after for b in self.session.boards):
+            return None
+        seen = self.session.first_line_waiter()
+        times = [b.first_app_line_at for b in self.session.boards if b.first_app_line_at]
+        if times:  # printed while the waiter was being set up
+            return min(times)
+        try:
+            return await asyncio.wait_for(seen, timeout)
+        except TimeoutError:
+            return None
 
-    async def prepare(self, link_key: str | None) -> None:
+    async def connect_ahead(self, link_key: str | None) -> None:
         boards = [b for b in self.session.boards if b.needs_link(link_key)]
         if not boards:
             return
@@ -225,25 +245,23 @@ class MultiDeployer:
 
         def connect(b: BoardSession) -> tuple[bool, float]:
             t0 = time.monotonic()
-            return b.deployer.prepare(), time.monotonic() - t0
+            return b.deployer.connect_ahead(), time.monotonic() - t0
 
-        results = await asyncio.gather(*(asyncio.to_thread(connect, b) for b in boards))
+        results = await asyncio.gather(
+            *(asyncio.wrap_future(b.conn.submit(functools.partial(connect, b))) for b in boards)
+        )
         for b, (ok, took) in zip(boards, results, strict=True):
             self.session.emit(
-                Event(
-                    "connected_ahead",
-                    {
-                        "port": b.info.url,
-                        "board": b.label,
-                        "ok": ok,
-                        "duration_ms": round(took * 1000, 1),
-                    },
+                ConnectedAhead(
+                    board=b.label, port=b.info.url, ok=ok, duration_ms=round(took * 1000, 1)
                 )
             )
 
-    async def release(self) -> None:
+    async def back_to_app(self) -> None:
         boards, self._ahead = self._ahead, []
-        await asyncio.gather(*(asyncio.to_thread(b.deployer.release) for b in boards))
+        await asyncio.gather(
+            *(asyncio.wrap_future(b.conn.submit(b.deployer.back_to_app)) for b in boards)
+        )
 
     def abort(self) -> None:
         for b in self.session.boards:
@@ -252,10 +270,10 @@ class MultiDeployer:
     async def reset(self) -> None:
         for b in self.session.boards:
             try:
-                await asyncio.to_thread(b.deployer.reset)
-                self.session.emit(Event("reset", {"port": b.info.url, "board": b.label}))
+                await asyncio.wrap_future(b.conn.submit(b.deployer.reset))
+                self.session.emit(BoardReset(board=b.label, port=b.info.url))
             except Exception as exc:
-                self.session.emit(Event("error", {"message": f"{b.info.url}: reset failed: {exc}"}))
+                self.session.emit(Failed(message=f"{b.info.url}: reset failed: {exc}"))
 
 
 class WatchSession:
@@ -276,12 +294,13 @@ class WatchSession:
         self._quit_requested = False
         self.project_lock: ProjectLock | None = None
         self._missing_elves: set[Path] = set()
+        self._first_line: asyncio.Future[float] | None = None
         # failures of parts outside the loop (reader threads, deploys); the
         # loop's own are in `loop.problems`
         self.supervisor = Supervisor(self._on_failure)
 
     def _on_failure(self, part: str, message: str) -> None:
-        self.emit_threadsafe(Event("error", {"part": part, "message": message}))
+        self.emit_threadsafe(Failed(part=part, message=message))
 
     def failed(self, part: str, exc: Exception) -> None:
         self.supervisor.failed(part, exc)
@@ -299,6 +318,19 @@ class WatchSession:
         if failed:
             return f"the last deploy to {', '.join(failed)} did not complete"
         return None
+
+    def first_line_waiter(self) -> asyncio.Future[float]:
+        """Resolved (on the event loop) with the time of the next first line
+        of new firmware on any board."""
+        if self._first_line is None or self._first_line.done():
+            self._first_line = asyncio.get_running_loop().create_future()
+        return self._first_line
+
+    def first_line_seen(self, at: float) -> None:
+        """From a board's worker thread."""
+        aio, fut = self._aio, self._first_line
+        if aio is not None and fut is not None and aio.is_running():
+            aio.call_soon_threadsafe(_resolve, fut, at)
 
     # -- events ------------------------------------------------------------------
     def emit(self, ev: Event) -> None:
@@ -321,12 +353,7 @@ class WatchSession:
         if elf is not None and layout is not None and not elf.is_file():
             if elf not in self._missing_elves:  # said once per path
                 self._missing_elves.add(elf)
-                self.emit(
-                    Event(
-                        "warning",
-                        {"message": f"{elf}: ELF not found; crashes will not be decoded"},
-                    )
-                )
+                self.emit(Warned(message=f"{elf}: ELF not found; crashes will not be decoded"))
             elf = None
         # indexed now, in the background, cached under the project's .fbuild/
         project = self.backend.project_dir if self.backend is not None else self.opts.project
@@ -338,7 +365,7 @@ class WatchSession:
     def setup(self, *, monitor_only: bool = False) -> None:
         """Everything that can fail with a clear error before the loop starts.
         `monitor_only`: just the boards (no project, no builds)."""
-        register_sim()
+        load_port_schemes()
         if monitor_only:
             infos = board_ports(self.opts.ports)
             labels = _labels([i.url for i in infos])
@@ -368,7 +395,7 @@ class WatchSession:
         watcher = Watcher(
             ws,
             WatchOptions(quiet_ms=quiet, force_polling=self.opts.poll),
-            on_note=lambda m: self.emit_threadsafe(Event("note", {"message": m})),
+            on_note=lambda m: self.emit_threadsafe(Note(message=m)),
         )
         state_file = state_path_for(backend.output_dirs(), backend.project_dir)
         self.supervisor.log = DebugLog(state_file.parent / "debug.log")
@@ -387,7 +414,7 @@ class WatchSession:
         warning = lock.acquire()  # a second watcher on this project fails here
         self.project_lock = lock
         if warning is not None:
-            self.emit(Event("warning", {"message": warning}))
+            self.emit(Warned(message=warning))
 
     def set_log_file(self, path: Path | None) -> None:
         for b in self.boards:
@@ -401,7 +428,7 @@ class WatchSession:
                     if len(self.boards) == 1
                     else path.with_name(f"{path.stem}-{b.label}{path.suffix}"),
                     # a full disk: one warning, the file is turned off, the monitor goes on
-                    on_error=lambda m: self.emit_threadsafe(Event("warning", {"message": m})),
+                    on_error=lambda m: self.emit_threadsafe(Warned(message=m)),
                 )
 
     # -- running -----------------------------------------------------------------
@@ -417,12 +444,9 @@ class WatchSession:
         assert self.loop is not None
         self.open_boards()
         self.emit(
-            Event(
-                "session_started",
-                {
-                    "project": str(self.opts.project),
-                    "boards": [{"board": b.label, "port": b.info.url} for b in self.boards],
-                },
+            SessionStarted(
+                project=str(self.opts.project),
+                boards=tuple(BoardRef(b.label, b.info.url) for b in self.boards),
             )
         )
         self.supervisor.install_thread_hook()
@@ -480,6 +504,11 @@ class WatchSession:
         if self.project_lock is not None:
             self.project_lock.release()
             self.project_lock = None
+
+
+def _resolve(fut: asyncio.Future[float], value: float) -> None:
+    if not fut.done():
+        fut.set_result(value)
 
 
 def _labels(urls: list[str]) -> list[str]:

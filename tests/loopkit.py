@@ -83,11 +83,14 @@ class FakeDeployer:
     async def reset(self) -> None:
         self.resets += 1
 
-    async def prepare(self, link_key: str | None) -> None:
+    async def connect_ahead(self, link_key: str | None) -> None:
         self.prepared.append(link_key)
 
-    async def release(self) -> None:
+    async def back_to_app(self) -> None:
         self.releases += 1
+
+    async def first_app_line(self, timeout: float = 5.0) -> float | None:
+        return None
 
     def abort(self) -> None:
         pass

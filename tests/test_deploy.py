@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fbuild_watch.build import detect_backend, run_build
-from fbuild_watch.deploy import BoardConnection, BoardDeployer, FlashCache, describe
+from fbuild_watch.deploy import BoardDeployer, BoardWorker, FlashCache, describe
 from fbuild_watch.events import Event
 from fbuild_watch.image.layout import ValidatedLayout
 from fbuild_watch.image.linkkey import link_key
@@ -47,7 +47,7 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
 @dataclass
 class Rig:
     board: VirtualBoard
-    conn: BoardConnection
+    conn: BoardWorker
     dep: BoardDeployer
     data: bytearray = field(default_factory=bytearray)
     marks: list[int] = field(default_factory=list)
@@ -81,7 +81,7 @@ def rig(
         with lock:
             data.extend(d)
 
-    conn = BoardConnection(describe(url), on_data=on_data)
+    conn = BoardWorker(describe(url), on_data=on_data)
     conn.open()
     dep = BoardDeployer(conn, cache=cache or FlashCache(tmp_path / "cache"), baud=460800)
     return Rig(board, conn, dep, data)
@@ -273,6 +273,10 @@ def test_cli_deploy_two_boards_in_parallel(
     outcomes = json.loads(capsys.readouterr().out)
     assert [o["kind"] for o in outcomes] == ["verify-probe", "verify-probe"]
     assert {o["port"] for o in outcomes} == {f"sim://{a.name}", f"sim://{b.name}"}
+    # at the same time, not one after the other (esptool's log is captured
+    # per thread; a process-wide lock once serialised every board's deploy)
+    (s1, e1), (s2, e2) = (o["write_window"] for o in outcomes)
+    assert max(s1, s2) < min(e1, e2), outcomes
 
 
 # -- connecting ahead (the build is still making the image) ---------------------
@@ -280,7 +284,7 @@ def held_in_bootloader(builds: Builds, tmp_path: Path) -> Rig:
     """A board running v1 (trusted), then taken into its bootloader ahead of a deploy."""
     r = rig(tmp_path)
     assert r.dep.deploy(builds.v1).ok
-    assert r.dep.prepare()
+    assert r.dep.connect_ahead()
     return r
 
 
@@ -288,7 +292,7 @@ def test_prepared_connection_is_used_by_the_next_deploy(builds: Builds, tmp_path
     r = rig(tmp_path)
     assert r.dep.deploy(builds.v1).ok
     syncs, resets = r.board.counters.commands["SYNC"], r.board.counters.resets
-    assert r.dep.prepare()
+    assert r.dep.connect_ahead()
     assert r.board.counters.download_boots >= 1
     assert r.board.counters.commands["SYNC"] == syncs + 1
     mark = len(r.data)
@@ -307,7 +311,7 @@ def test_release_returns_to_the_app_and_keeps_trust(builds: Builds, tmp_path: Pa
     r = held_in_bootloader(builds, tmp_path)
     boots = r.board.counters.app_boots
     mark = len(r.data)
-    r.dep.release()  # e.g. the build failed after linking
+    r.dep.back_to_app()  # e.g. the build failed after linking
     r.wait_for("blink-c3 version 1.0.0", mark)
     assert r.board.counters.app_boots == boots + 1 and flash_holds(r.board, builds.v1)
     # our own reset: the board still holds what the session wrote
@@ -315,7 +319,7 @@ def test_release_returns_to_the_app_and_keeps_trust(builds: Builds, tmp_path: Pa
     o = r.dep.deploy(builds.v1)
     assert o.kind == "trust-skip" and o.resets == 0
     assert r.board.stats()["bytes_from_host"] == before
-    r.dep.release()  # nothing held: no reset
+    r.dep.back_to_app()  # nothing held: no reset
     assert r.board.counters.app_boots == boots + 1
     r.conn.close()
 
@@ -346,7 +350,7 @@ def test_prepared_rom_connection_can_still_take_the_stub(builds: Builds, tmp_pat
     r = rig(tmp_path)
     assert r.dep.deploy(builds.v1).ok
     r.dep.stub = True  # as the cost model picks for a large delta
-    assert r.dep.prepare()
+    assert r.dep.connect_ahead()
     uploads = r.board.counters.stub_uploads
     o = r.dep.deploy(builds.v2)
     assert o.ok and o.stub_used, o.error
@@ -387,25 +391,25 @@ def test_session_connects_ahead_only_when_the_loadable_bytes_differ(
         assert await deployer.deploy(builds.v2, full=False, app_only=False)
         syncs = board.counters.commands["SYNC"]
         # the same loadable bytes as what the board holds: no early reset
-        await deployer.prepare(key)
+        await deployer.connect_ahead(key)
         assert board.counters.commands["SYNC"] == syncs
         assert not any(e.type == "connected_ahead" for e in events)
         # other loadable bytes: into the bootloader now, the deploy takes it over
-        await deployer.prepare("another build")
+        await deployer.connect_ahead("another build")
         ahead = [e for e in events if e.type == "connected_ahead"]
         assert len(ahead) == 1 and ahead[0].data["ok"]
         assert await deployer.deploy(builds.v1, full=False, app_only=False)
         done = [e for e in events if e.type == "deploy_finished"][-1]
         assert done.data["kind"] == "sector-delta" and "connect_ahead" in done.data["phases_ms"]
         assert board.counters.commands["SYNC"] == syncs + 1
-        await deployer.release()  # nothing held any more: no reset
+        await deployer.back_to_app()  # nothing held any more: no reset
         assert flash_holds(board, builds.v1)
         # no key yet (an object changed, not linked): the trusted board connects too
-        await deployer.prepare(None)
+        await deployer.connect_ahead(None)
         assert len([e for e in events if e.type == "connected_ahead"]) == 2
         assert board.counters.commands["SYNC"] == syncs + 2
         boots = board.counters.app_boots
-        await deployer.release()  # the build failed after all: back into the app
+        await deployer.back_to_app()  # the build failed after all: back into the app
         for _ in range(500):  # the board boots on its own thread
             if board.counters.app_boots > boots:
                 break

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from fbuild_watch.deploy import BoardConnection, BoardDeployer, describe
-from fbuild_watch.deploy.connection import READ_TIMEOUT_S
+from fbuild_watch.deploy import BoardDeployer, BoardWorker, describe
+from fbuild_watch.deploy.worker import READ_TIMEOUT_S
 from fbuild_watch.errors import RuntimeFailure
 from fbuild_watch.image import load_flasher_args
 from tests.clikit import run_fbuild
@@ -60,7 +60,7 @@ def test_stub_deploy_over_socket_with_realistic_timing(
     """esptool reads the stub's OHAI outside any command, with the port's
     standing timeout: the reader's 10 ms failed every such deploy."""
     layout = load_flasher_args(firmware.flasher_args).validate()
-    conn = BoardConnection(describe(served_realistic), baud=115200)
+    conn = BoardWorker(describe(served_realistic), baud=115200)
     conn.open()
     try:
         dep = BoardDeployer(conn, baud=115200, stub=True)
@@ -79,15 +79,19 @@ def test_stub_deploy_over_socket_with_realistic_timing(
 
 def test_lent_port_has_esptools_settings_and_ours_after() -> None:
     board = new_board()
-    conn = BoardConnection(describe(f"sim://{board.name}"), baud=74880)
+    conn = BoardWorker(describe(f"sim://{board.name}"), baud=74880)
     conn.open()
     try:
-        with conn.exclusive() as use:
-            assert use.port.timeout == 3  # esptool's DEFAULT_TIMEOUT
-            assert use.port.baudrate == 115200  # esptool's ESP_ROM_BAUD
-            assert use.port.write_timeout == 10  # esptool's DEFAULT_SERIAL_WRITE_TIMEOUT
-            assert use.port.inter_byte_timeout is None
-            use.port.timeout = 0.5  # esptool changes them freely while it has the port
+
+        def job() -> None:
+            with conn.lend() as use:
+                assert use.port.timeout == 3  # esptool's DEFAULT_TIMEOUT
+                assert use.port.baudrate == 115200  # esptool's ESP_ROM_BAUD
+                assert use.port.write_timeout == 10  # esptool's DEFAULT_SERIAL_WRITE_TIMEOUT
+                assert use.port.inter_byte_timeout is None
+                use.port.timeout = 0.5  # esptool changes them freely while it has the port
+
+        conn.call(job)
         assert conn.port is not None
         assert (conn.port.timeout, conn.port.baudrate) == (READ_TIMEOUT_S, 74880)
         assert conn.port.write_timeout is None
@@ -111,7 +115,7 @@ def test_second_client_of_a_served_board_is_port_busy(
     (project / "fbuild.toml").write_text(
         "[build]\ncommand = ['true']\nflasher_args = 'build/flasher_args.json'\n"
     )
-    monitor = BoardConnection(describe(served))
+    monitor = BoardWorker(describe(served))
     monitor.open()
     try:
         res = run_fbuild("deploy", "--port", served, str(project), env=dict(os.environ))
@@ -121,7 +125,7 @@ def test_second_client_of_a_served_board_is_port_busy(
         assert "NoneType" not in res.stderr and "Traceback" not in res.stderr
         # in-process, a second connection says the same at open
         with pytest.raises(RuntimeFailure, match="port busy"):
-            BoardConnection(describe(served)).open()
+            BoardWorker(describe(served)).open()
         assert monitor.state == "connected"  # the holder is undisturbed
     finally:
         monitor.close()
@@ -162,7 +166,7 @@ def test_a_late_close_is_port_busy_and_a_deploy_never_an_attribute_error(
     not `'NoneType' object has no attribute 'baudrate'`."""
     layout = load_flasher_args(firmware.flasher_args).validate()
     states: queue.Queue[tuple[str, str]] = queue.Queue()
-    conn = BoardConnection(describe(late_closing_server), on_state=lambda s, m: states.put((s, m)))
+    conn = BoardWorker(describe(late_closing_server), on_state=lambda s, m: states.put((s, m)))
     conn.open()  # the close has not come yet
     try:
         assert states.get(timeout=5) == ("connected", "")
@@ -179,11 +183,11 @@ def test_a_late_close_is_port_busy_and_a_deploy_never_an_attribute_error(
 def test_second_sim_connection_is_port_busy() -> None:
     board = new_board()
     url = f"sim://{board.name}"
-    first = BoardConnection(describe(url))
+    first = BoardWorker(describe(url))
     first.open()
     try:
         with pytest.raises(RuntimeFailure, match=rf"^{re.escape(url)}: port busy"):
-            BoardConnection(describe(url)).open()
+            BoardWorker(describe(url)).open()
     finally:
         first.close()
 
@@ -204,11 +208,11 @@ def test_second_client_of_an_rfc2217_server_is_port_busy(served: str) -> None:
             if "Waiting for connection" in line:
                 break
         url = f"rfc2217://127.0.0.1:{tcp_port}?ign_set_control"
-        first = BoardConnection(describe(url))
+        first = BoardWorker(describe(url))
         first.open()
         try:
             with pytest.raises(RuntimeFailure, match=rf"^{re.escape(url)}: port busy"):
-                BoardConnection(describe(url)).open()
+                BoardWorker(describe(url)).open()
         finally:
             first.close()
     finally:

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from fbuild_watch.deploy import BoardConnection, describe, ports
+from fbuild_watch.deploy import BoardWorker, describe, ports
 from fbuild_watch.errors import RuntimeFailure
 from tests.simkit import new_board, open_port, read_until
 
@@ -115,11 +115,22 @@ def test_cancel_read_like_pyserial_posix() -> None:
     port.close()
 
 
-def test_pausing_the_reader_leaves_no_pending_cancel() -> None:
+def test_jobs_run_on_the_worker_thread_with_the_port_lent() -> None:
+    """The worker that reads the port runs the jobs: no hand-over, no read to
+    cancel; a foreign thread cannot take the port."""
     board = new_board()
-    conn = BoardConnection(describe(f"sim://{board.name}"))
+    conn = BoardWorker(describe(f"sim://{board.name}"))
     conn.open()
-    for _ in range(20):  # the reader is caught in and between reads
-        with conn.exclusive() as use:
-            assert not use.port._port._cancel.is_set()
-    conn.close()
+    try:
+        for _ in range(20):  # the worker is caught in and between reads
+
+            def job() -> str:
+                with conn.lend() as use:
+                    assert not use.port._port._cancel.is_set()
+                    return threading.current_thread().name
+
+            assert conn.call(job) == f"board-sim://{board.name}"
+        with pytest.raises(RuntimeError, match="lend"), conn.lend():
+            pass
+    finally:
+        conn.close()

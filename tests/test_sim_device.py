@@ -376,7 +376,7 @@ def test_modem_line_ioctls_on_a_sim_port() -> None:
 
 
 def test_deploy_side_lookups_leave_bad_urls_to_the_open() -> None:
-    from fbuild_watch.deploy.simport import sim_present, sim_usb_serial
+    from fbuild_watch.sim.port_scheme import sim_present, sim_usb_serial
 
     # a reader thread asks this while waiting for the board: no traceback there,
     # the open (which the user sees) says what is wrong with the name

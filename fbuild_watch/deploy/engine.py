@@ -20,7 +20,6 @@ import contextlib
 import functools
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +28,6 @@ from typing import Any
 from esptool.cmds import attach_flash, detect_chip, run_stub, write_flash
 from esptool.reset import ClassicReset, HardReset, UnixTightReset, USBJTAGSerialReset
 
-from fbuild_watch.deploy.connection import READ_TIMEOUT_S, BoardConnection, ExclusiveUse
 from fbuild_watch.deploy.esplog import captured
 from fbuild_watch.deploy.outcome import DeployOutcome
 from fbuild_watch.deploy.plan import (
@@ -41,8 +39,9 @@ from fbuild_watch.deploy.plan import (
     estimate_s,
     sector_runs,
 )
-from fbuild_watch.deploy.simport import sim_usb_serial
+from fbuild_watch.deploy.ports import usb_serial
 from fbuild_watch.deploy.trust import FlashCache, SessionTrust, TrustedImage
+from fbuild_watch.deploy.worker import READ_TIMEOUT_S, BoardWorker, LentPort
 from fbuild_watch.image.layout import APP, Region, ValidatedLayout
 
 ROM_BAUD = 115200
@@ -55,12 +54,6 @@ _WRITE_OPTS: dict[str, Any] = {
     "flash_size": "keep",
 }
 FIRST_BYTE_TIMEOUT_S = 3.0
-
-
-def _usb_serial(conn: BoardConnection) -> str | None:
-    if conn.url.startswith("sim://"):
-        return sim_usb_serial(conn.url)
-    return conn.info.serial_number
 
 
 def _has_tty(port: Any) -> bool:
@@ -83,11 +76,11 @@ def _erased_md5(size: int) -> str:
 
 @dataclass
 class _Connected:
-    """A board held in its ROM bootloader by `prepare`, ready for a write:
+    """A board held in its ROM bootloader by `connect_ahead`, ready for a write:
     synced, at the flashing baud, flash attached."""
 
-    stack: contextlib.ExitStack  # holds the port (reader paused)
-    use: ExclusiveUse
+    stack: contextlib.ExitStack  # holds the port lent (the worker does not read)
+    use: LentPort
     esp: Any
     identity: str
     disconnects: int  # the connection's disconnect count when it was made
@@ -107,7 +100,7 @@ def _add_run(runs: list[Run], run: Run) -> None:
 class BoardDeployer:
     def __init__(
         self,
-        conn: BoardConnection,
+        conn: BoardWorker,
         *,
         baud: int = 460800,
         trust: SessionTrust | None = None,
@@ -127,61 +120,60 @@ class BoardDeployer:
         # identity -> JEDEC flash ID, for chips whose flash esptool probed this session
         self._flash_ids: dict[str, int] = {}
         self._aborting = False
-        # prepare/deploy/reset/release run on worker threads; one at a time
-        self._lock = threading.Lock()
         self._connected: _Connected | None = None
-        self._maybe_in_bootloader = False  # a prepare failed half way
+        self._maybe_in_bootloader = False  # a connect ahead failed half way
 
     # ------------------------------------------------------------------------
-    def prepare(self) -> bool:
+    def connect_ahead(self) -> bool:
         """Enter the bootloader and connect now, ahead of a deploy that is
         known to need the serial link (the build is still producing the
         image): reset into the ROM, sync, read the MAC, raise the baud,
         attach the flash. The next `deploy` starts writing at once;
-        `release` resets the board into its app if no deploy follows.
+        `back_to_app` resets the board into its app if no deploy follows.
         False if the board is not there or the connect failed (the deploy
-        then connects as usual)."""
-        with self._lock:
-            if self._connected is not None:
-                return True
-            if self._aborting or self.conn.port is None:
-                return False
-            t0 = time.monotonic()
-            out = DeployOutcome(port=self.conn.url)
-            stack = contextlib.ExitStack()
-            try:
-                with captured(out.log.append):
-                    use = stack.enter_context(self.conn.exclusive(timeout=1.0))
-                    self._maybe_in_bootloader = True
-                    esp, identity = self._connect(use, out, raise_baud=True)
-                    t = time.monotonic()
-                    esp = self._setup(esp, identity, stub=False)
-                    out.phases["setup"] = time.monotonic() - t
-            except Exception as exc:
-                stack.close()
-                self.log(f"{self.conn.url}: early connect failed ({exc}); the deploy connects")
-                return False
-            self._connected = _Connected(
-                stack,
-                use,
-                esp,
-                identity,
-                len(self.conn.disconnects),
-                out.resets,
-                {**out.phases, "connect_ahead": time.monotonic() - t0},
-                out.log,
-            )
+        then connects as usual). Runs on the board's worker thread."""
+        return self.conn.call(self._connect_ahead)
+
+    def _connect_ahead(self) -> bool:
+        if self._connected is not None:
             return True
+        if self._aborting or self.conn.port is None:
+            return False
+        t0 = time.monotonic()
+        out = DeployOutcome(port=self.conn.url)
+        stack = contextlib.ExitStack()
+        try:
+            with captured(out.log.append):
+                use = stack.enter_context(self.conn.lend(timeout=1.0))
+                self._maybe_in_bootloader = True
+                esp, identity = self._connect(use, out, raise_baud=True)
+                t = time.monotonic()
+                esp = self._setup(esp, identity, stub=False)
+                out.phases["setup"] = time.monotonic() - t
+        except Exception as exc:
+            stack.close()
+            self.log(f"{self.conn.url}: early connect failed ({exc}); the deploy connects")
+            return False
+        self._connected = _Connected(
+            stack,
+            use,
+            esp,
+            identity,
+            len(self.conn.disconnects),
+            out.resets,
+            {**out.phases, "connect_ahead": time.monotonic() - t0},
+            out.log,
+        )
+        return True
 
-    def release(self) -> None:
-        """No deploy followed a `prepare` (the build failed or produced what
+    def back_to_app(self) -> None:
+        """No deploy followed a `connect_ahead` (the build failed or produced what
         the board holds): reset the board into its app, if it is not there."""
-        with self._lock:
-            self._back_to_app(always=False)
+        self.conn.call(lambda: self._reset_to_app(always=False))
 
-    def _back_to_app(self, *, always: bool) -> None:
+    def _reset_to_app(self, *, always: bool) -> None:
         """Hard reset into the app: through the held connection if there is
-        one, else through the port (`always`, or after a prepare that failed
+        one, else through the port (`always`, or after a connect ahead that failed
         half way and may have left the board in its bootloader)."""
         held = self._take_connected()
         maybe, self._maybe_in_bootloader = self._maybe_in_bootloader, False
@@ -189,14 +181,14 @@ class BoardDeployer:
             self._reset_into_app(held.use)
             held.stack.close()
         elif always:
-            with self.conn.exclusive() as use:
+            with self.conn.lend() as use:
                 self._reset_into_app(use)
         elif maybe:
-            with contextlib.suppress(Exception), self.conn.exclusive() as use:
+            with contextlib.suppress(Exception), self.conn.lend() as use:
                 self._reset_into_app(use)
 
     def _take_connected(self) -> _Connected | None:
-        """The prepared connection if it is still good (no disconnect since)."""
+        """The connection made ahead if it is still good (no disconnect since)."""
         held, self._connected = self._connected, None
         if held is not None and (
             len(self.conn.disconnects) != held.disconnects
@@ -210,8 +202,12 @@ class BoardDeployer:
     def deploy(
         self, layout: ValidatedLayout, *, full: bool = False, app_only: bool = False
     ) -> DeployOutcome:
+        """Runs on the board's worker thread (the caller waits)."""
         if not isinstance(layout, ValidatedLayout):
             raise TypeError("deploy() takes a ValidatedLayout: validate the layout first")
+        return self.conn.call(lambda: self._deploy(layout, full=full, app_only=app_only))
+
+    def _deploy(self, layout: ValidatedLayout, *, full: bool, app_only: bool) -> DeployOutcome:
         t0 = time.monotonic()
         out = DeployOutcome(port=self.conn.url, image_hash=layout.image_hash)
         regions = [
@@ -219,57 +215,54 @@ class BoardDeployer:
             for r in layout.layout.regions
             if not app_only or r.name == APP or r.name.startswith(APP + ":")
         ]
-        with self._lock:
-            if full:
-                self.trust.clear("full flash requested")
-            trusted = self.effective_trust()  # first: it notices a port that went away
-            held = self._take_connected()
-            if trusted is not None and all(
-                trusted.regions.get(r.offset) == r.data for r in regions
-            ):
-                out.kind = "trust-skip"
-                out.identity = trusted.identity
-                out.regions_skipped = [r.name for r in regions]
-                if held is not None:  # connected ahead for nothing: back into the app
-                    out.log.append("connected ahead of an image the board already holds")
-                    self._reset_into_app(held.use)
-                    held.stack.close()
-                    out.resets += held.resets + 1
-                out.duration_s = time.monotonic() - t0
-                return out
-            try:
-                if self._aborting:
-                    raise RuntimeError("aborted before it started")
-                with contextlib.ExitStack() as stack, captured(out.log.append):
-                    if held is not None:
-                        stack.push(held.stack)
-                        use = held.use
-                        out.log[:0] = held.log
-                        out.resets += held.resets
-                        out.phases.update(held.phases)
-                    else:
-                        use = stack.enter_context(self.conn.exclusive())
-                    self._deploy_connected(
-                        use=use,
-                        layout=layout,
-                        regions=regions,
-                        trusted=trusted,
-                        full=full,
-                        out=out,
-                        held=held,
-                    )
-            except Exception as exc:  # esptool FatalError, serial errors, ...
-                self._failed(out, exc)
-            self._maybe_in_bootloader = False
+        if full:
+            self.trust.clear("full flash requested")
+        trusted = self.effective_trust()  # first: it notices a port that went away
+        held = self._take_connected()
+        if trusted is not None and all(trusted.regions.get(r.offset) == r.data for r in regions):
+            out.kind = "trust-skip"
+            out.identity = trusted.identity
+            out.regions_skipped = [r.name for r in regions]
+            if held is not None:  # connected ahead for nothing: back into the app
+                out.log.append("connected ahead of an image the board already holds")
+                self._reset_into_app(held.use)
+                held.stack.close()
+                out.resets += held.resets + 1
             out.duration_s = time.monotonic() - t0
             return out
+        try:
+            if self._aborting:
+                raise RuntimeError("aborted before it started")
+            with contextlib.ExitStack() as stack, captured(out.log.append):
+                if held is not None:
+                    stack.push(held.stack)
+                    use = held.use
+                    out.log[:0] = held.log
+                    out.resets += held.resets
+                    out.phases.update(held.phases)
+                else:
+                    use = stack.enter_context(self.conn.lend())
+                self._deploy_connected(
+                    use=use,
+                    layout=layout,
+                    regions=regions,
+                    trusted=trusted,
+                    full=full,
+                    out=out,
+                    held=held,
+                )
+        except Exception as exc:  # esptool FatalError, serial errors, ...
+            self._failed(out, exc)
+        self._maybe_in_bootloader = False
+        out.duration_s = time.monotonic() - t0
+        return out
 
     def effective_trust(self) -> TrustedImage | None:
         """What the next deploy will trust (clearing trust that no longer holds)."""
         return self.trust.check(
             connected=self.conn.check_alive(),
             disconnects=self.conn.disconnects,
-            usb_serial=_usb_serial(self.conn),
+            usb_serial=usb_serial(self.conn.info),
         )
 
     def abort(self) -> None:
@@ -292,9 +285,9 @@ class BoardDeployer:
         self.trust.clear(f"deploy failed: {out.error}")
 
     # ------------------------------------------------------------------------
-    def _enter_bootloader(self, use: ExclusiveUse, out: DeployOutcome) -> Any:
+    def _enter_bootloader(self, use: LentPort, out: DeployOutcome) -> Any:
         port = use.port
-        if self.conn.url.startswith("socket://"):
+        if self.conn.url.startswith("socket://"):  # raw TCP (rfc2217:// has the lines)
             strategies: list[Any] = [None]  # no modem lines over TCP: the board must already listen
         elif self.conn.info.usb_jtag:
             strategies = [USBJTAGSerialReset(port)]
@@ -320,7 +313,7 @@ class BoardDeployer:
         raise last if last else RuntimeError("cannot connect")
 
     def _connect(
-        self, use: ExclusiveUse, out: DeployOutcome, *, raise_baud: bool = False
+        self, use: LentPort, out: DeployOutcome, *, raise_baud: bool = False
     ) -> tuple[Any, str]:
         """Into the ROM bootloader, synced; returns esptool's loader and the MAC.
         `raise_baud`: switch to the flashing baud right after the sync (when
@@ -370,7 +363,7 @@ class BoardDeployer:
     def _deploy_connected(
         self,
         *,
-        use: ExclusiveUse,
+        use: LentPort,
         layout: ValidatedLayout,
         regions: list[Region],
         trusted: TrustedImage | None,
@@ -429,7 +422,9 @@ class BoardDeployer:
             self.trust.clear("write in progress")
             out.flash_state = "writing"
             # one esptool call for all runs: it verifies each run's MD5 after writing it
+            started = time.time()
             write_flash(esp, [(run.offset, run.data) for run in runs], **_WRITE_OPTS)
+            out.write_window = (started, time.time())
             for run in runs:
                 out.flash_bytes_written += len(run.data)
                 out.sectors_written += run.sectors
@@ -458,14 +453,14 @@ class BoardDeployer:
         for off in list(new_known):  # drop regions the new layout overlaps
             if any(r.offset != off and r.offset <= off < r.end for r in regions):
                 del new_known[off]
+        serial_number = usb_serial(self.conn.info)
         self.trust.set(
-            TrustedImage(identity, new_known, layout.image_hash, usb_serial=_usb_serial(self.conn))
+            TrustedImage(identity, new_known, layout.image_hash, usb_serial=serial_number)
         )
 
         # -- reset into the app, reading from the first byte ---------------------
         out.wire_bytes_sent, out.wire_bytes_received = use.port.sent, use.port.received
         t = time.monotonic()
-        before = self.conn.last_data_at
         self._reset_into_app(use)
         out.resets += 1
         reset_at = time.monotonic()
@@ -479,20 +474,18 @@ class BoardDeployer:
             )
             if warning:
                 out.warnings.append(warning)
-        while (
-            self.conn.last_data_at <= before and time.monotonic() - reset_at < FIRST_BYTE_TIMEOUT_S
-        ):
-            time.sleep(0.002)
-        if self.conn.last_data_at > before:
-            out.phases["first_boot_byte"] = max(0.0, self.conn.last_data_at - reset_at)
+        # the boot log is read (and handed to the monitor) on this thread
+        first = self.conn.read_until_data(FIRST_BYTE_TIMEOUT_S)
+        if first is not None:
+            out.phases["first_boot_byte"] = max(0.0, first - reset_at)
 
-    def _reset_into_app(self, use: ExclusiveUse) -> None:
-        """Hard reset into the app with the reader already resumed, so the
-        boot log is read from its first byte."""
+    def _reset_into_app(self, use: LentPort) -> None:
+        """Hard reset into the app with the port given back, so the worker
+        reads the boot log from its first byte."""
         use.port.baudrate = self.conn.baud
         use.port.timeout = READ_TIMEOUT_S
         use.port.dtr = False  # IO0 high: boot the app (EN follows RTS only while DTR is off)
-        use.resume()
+        use.give_back()
         self.trust.note_own_reset()
         self.conn.expect_reenumeration()
         HardReset(use.port._port, uses_usb=self.conn.info.usb_jtag)()
@@ -555,6 +548,6 @@ class BoardDeployer:
         return runs
 
     def reset(self) -> None:
-        """Reset the board into its app (the `r` key); the reader keeps reading."""
-        with self._lock:
-            self._back_to_app(always=True)
+        """Reset the board into its app (the `r` key); the monitor goes on
+        reading from the first boot byte."""
+        self.conn.call(lambda: self._reset_to_app(always=True))

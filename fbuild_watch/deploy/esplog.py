@@ -1,4 +1,11 @@
-"""Capture esptool's console output instead of letting it print."""
+"""Capture esptool's console output per thread instead of letting it print.
+
+esptool logs through one process-wide logger. One router is installed in
+its place once; each board's deploy registers a sink for its own thread, so
+several boards' deploys run at the same time, each with its own log (a
+process-wide lock here serialised every board's deploy, see issue #19).
+Threads without a sink keep esptool's own output.
+"""
 
 from __future__ import annotations
 
@@ -8,47 +15,87 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from esp_pylib.logger import EspLog
-from esptool.logger import TemplateLogger, log
+from esptool.logger import EsptoolLogger, TemplateLogger, log
 
-_lock = threading.Lock()
+Sink = Callable[[str], None]
+
+_install_lock = threading.Lock()
+_installed: Any = None  # what EspLog.instance was set to (esptool wraps our router)
+_sinks: dict[int, Sink] = {}  # thread ident -> sink; dict ops are atomic under the GIL
 
 
-class _Capture(TemplateLogger):  # type: ignore[misc]
-    def __init__(self, sink: Callable[[str], None]) -> None:
-        self.sink = sink
+class _Router(TemplateLogger):  # type: ignore[misc]
+    """esptool's logger: to the calling thread's sink, else to the logger
+    that was installed before us."""
+
+    def __init__(self, fallback: Any) -> None:
+        self.fallback = fallback
+
+    def _sink(self) -> Sink | None:
+        return _sinks.get(threading.get_ident())
 
     def print(self, *args: Any, **kwargs: Any) -> None:
+        sink = self._sink()
+        if sink is None:
+            self.fallback.print(*args, **kwargs)
+            return
         text = " ".join(str(a) for a in args).strip()
         if text:
-            self.sink(text)
+            sink(text)
 
     def note(self, message: str) -> None:
-        self.sink(f"note: {message}")
+        self._say("note", message)
 
     def warning(self, message: str) -> None:
-        self.sink(f"warning: {message}")
+        self._say("warning", message)
 
     def error(self, message: str) -> None:
-        self.sink(f"error: {message}")
+        self._say("error", message)
+
+    def _say(self, kind: str, message: str) -> None:
+        sink = self._sink()
+        if sink is None:
+            getattr(self.fallback, kind)(message)
+        else:
+            sink(f"{kind}: {message}")
 
     def stage(self, finish: bool = False) -> None:
-        pass
+        if self._sink() is None:
+            self.fallback.stage(finish)
 
     def progress_bar(self, *args: Any, **kwargs: Any) -> None:
-        pass
+        if self._sink() is None:
+            self.fallback.progress_bar(*args, **kwargs)
 
     def set_verbosity(self, verbosity: str) -> None:
-        pass
+        self.fallback.set_verbosity(verbosity)
+
+    def __getattr__(self, name: str) -> Any:
+        # anything else esptool's own logger offers (called rarely, if at all)
+        return getattr(self.fallback, name)
+
+
+def _install() -> None:
+    global _installed
+    with _install_lock:
+        current = EspLog.instance
+        if current is None or current is not _installed:
+            # esptool's own logger wraps a TemplateLogger in an adapter
+            log.set_logger(_Router(current if current is not None else EsptoolLogger()))
+            _installed = EspLog.instance
 
 
 @contextlib.contextmanager
-def captured(sink: Callable[[str], None]) -> Iterator[None]:
-    """Route esptool's log to `sink` for the duration (one deploy at a time
-    per process talks through esptool's global logger)."""
-    with _lock:
-        previous = EspLog.instance
-        log.set_logger(_Capture(sink))
-        try:
-            yield
-        finally:
-            EspLog.instance = previous
+def captured(sink: Sink) -> Iterator[None]:
+    """Route esptool's log on this thread to `sink` for the duration."""
+    _install()
+    me = threading.get_ident()
+    previous = _sinks.get(me)
+    _sinks[me] = sink
+    try:
+        yield
+    finally:
+        if previous is None:
+            _sinks.pop(me, None)
+        else:
+            _sinks[me] = previous

@@ -22,6 +22,8 @@ class DeployOutcome:
     stub_used: bool = False
     resets: int = 0
     phases: dict[str, float] = field(default_factory=dict)  # seconds
+    # (start, end) of the flash write, Unix time: shows boards written at once
+    write_window: tuple[float, float] | None = None
     duration_s: float = 0.0
     identity: str | None = None
     error: str | None = None
@@ -78,6 +80,9 @@ class DeployOutcome:
             "stub_used": self.stub_used,
             "resets": self.resets,
             "phases_ms": {k: round(v * 1000, 1) for k, v in self.phases.items()},
+            "write_window": (
+                [round(t, 6) for t in self.write_window] if self.write_window else None
+            ),
             "duration_ms": round(self.duration_s * 1000, 1),
             "identity": self.identity,
             "error": self.error,

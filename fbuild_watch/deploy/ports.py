@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from serial.tools import list_ports
 
@@ -27,6 +28,55 @@ USB_JTAG = (0x303A, 0x1001)
 
 
 @dataclass(frozen=True)
+class PortScheme:
+    """What the deploy side asks of a URL scheme that is not a plain device
+    or a network port. Plug-ins (the virtual board) register one at import,
+    as they register their URL handler with pyserial, so this package never
+    imports them."""
+
+    prefix: str  # "sim://"
+    # Is the device there (the USB bus's answer for a real port)?
+    present: Callable[[str], bool]
+    # The USB serial number the OS would report, if any.
+    usb_serial: Callable[[str], str | None] = lambda _url: None
+    # Does it sit behind Espressif's USB-Serial/JTAG (its own reset sequence)?
+    usb_jtag: Callable[[str], bool] = lambda _url: False
+
+
+_SCHEMES: dict[str, PortScheme] = {}
+
+
+def register_scheme(scheme: PortScheme) -> None:
+    _SCHEMES[scheme.prefix] = scheme
+
+
+def scheme_for(url: str) -> PortScheme | None:
+    if "://" not in url:
+        return None
+    return _SCHEMES.get(url.split("://", 1)[0] + "://")
+
+
+def is_network(url: str) -> bool:
+    """A pyserial network URL (socket://, rfc2217://): the far end can only
+    be known by opening it."""
+    return "://" in url and scheme_for(url) is None
+
+
+def present(info: PortInfo) -> bool:
+    scheme = scheme_for(info.url)
+    if scheme is not None:
+        return scheme.present(info.url)
+    if "://" in info.url:
+        return True  # network ports: only an open attempt can tell
+    return Path(info.url).exists()
+
+
+def usb_serial(info: PortInfo) -> str | None:
+    scheme = scheme_for(info.url)
+    return scheme.usb_serial(info.url) if scheme is not None else info.serial_number
+
+
+@dataclass(frozen=True)
 class PortInfo:
     url: str  # what to open: device path or pyserial URL
     description: str = ""
@@ -37,8 +87,9 @@ class PortInfo:
 
     @property
     def usb_jtag(self) -> bool:
-        if self.url.startswith("sim://"):
-            return "usb=jtag" in self.url
+        scheme = scheme_for(self.url)
+        if scheme is not None:
+            return scheme.usb_jtag(self.url)
         return (self.vid, self.pid) == USB_JTAG
 
 

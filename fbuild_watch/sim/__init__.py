@@ -21,6 +21,8 @@ def register() -> None:
 
 
 register()
+# sim:// as a port scheme of the deploy side (presence, USB serial, USB-JTAG)
+from fbuild_watch.sim import port_scheme as _port_scheme  # noqa: E402, F401
 
 __all__ = [
     "INSTANT",

@@ -17,7 +17,25 @@ from textual.css.query import NoMatches
 from textual.widgets import Footer, Input, Log, TabbedContent, TabPane
 from textual.worker import Worker
 
-from fbuild_watch.events import Event
+from fbuild_watch.events import (
+    BuildFinished,
+    BuildOutput,
+    BuildProgress,
+    BuildStarted,
+    CrashDecoded,
+    CycleFinished,
+    DeployFinished,
+    DeployProgress,
+    DeployStarted,
+    Event,
+    Failed,
+    Note,
+    Paused,
+    PortChanged,
+    PortState,
+    Resumed,
+    Warned,
+)
 from fbuild_watch.failures import one_line
 from fbuild_watch.session import SessionOptions, WatchSession
 from fbuild_watch.termsafe import terminal_safe_lines
@@ -37,6 +55,14 @@ _TIMING_LABELS = {
     "deploy_to_first_log": "boot",
     "save_to_first_log": "save→log",
 }
+
+
+def _bar(done: int | None, total: int | None, width: int = 10) -> str:
+    """A text progress bar; a spinner-less "..." when the total is unknown."""
+    if done is None or not total:
+        return "..."
+    filled = min(width, done * width // total)
+    return "[" + "#" * filled + "-" * (width - filled) + f"] {done * 100 // total}%"
 
 
 class WatchApp(App[int]):
@@ -84,6 +110,8 @@ class WatchApp(App[int]):
         self._state = "starting"
         self._outcomes: dict[str, str] = {}
         self._timings = ""
+        self._progress = ""  # the build's, on the status line
+        self._ports: dict[str, PortState] = {}  # board -> from PortChanged events
         # for tests and benchmarks; bounded (a build flood is ~200 events/s)
         self.events_seen: collections.deque[Event] = collections.deque(maxlen=20_000)
         self.commands_seen: list[str] = []
@@ -171,73 +199,85 @@ class WatchApp(App[int]):
 
     def _on_event(self, ev: Event) -> None:
         self.events_seen.append(ev)
-        d = ev.data
         try:
             build = self.query_one("#build", Log)
         except NoMatches:  # the screen is gone (quitting): nothing left to draw
             return
-        if ev.type == "build_started":
-            self._state = "building"
-            build.clear()
-        elif ev.type == "build_output":
-            build.write_line(d["line"])
-            return  # nothing on the status line changes: no re-render per line
-        elif ev.type == "build_finished":
-            self._state = "idle"
-            if d["ok"]:
-                build.remove_class("visible")  # collapsed while green
-            else:
-                build.add_class("visible")
-                build.write_line("")
-                text = human(ev)
-                if text:
-                    build.write_lines(text.splitlines())
-        elif ev.type == "deploy_started":
-            self._state = "deploying"
-            self._outcomes[d["board"]] = "deploying..."
-        elif ev.type == "deploy_finished":
-            self._state = "monitoring"
-            self._outcomes[d["board"]] = d["summary"]
-            if self._quitting:
-                flash = d.get("flash_state") if d["kind"] == "failed" else None
-                state = f" (flash {flash})" if flash else ""
-                self.exit_report.append(f"{d['board']}: deploy {d['summary']}{state}")
-        elif ev.type == "cycle_finished":
-            ms = d.get("timings_ms", {})
-            self._timings = "  ".join(
-                f"{_TIMING_LABELS.get(k, k.replace('_', ' '))} {v:.0f}ms"
-                for k, v in ms.items()
-                if k not in ("linked", "compiled")
-            )
-        elif ev.type == "crash":
-            # the panic's own lines first (they wait for the next frame), so
-            # the decode reads under the panic, not above it
-            self._flush_serial()
-            log = self._log_widget(d["board"])
-            if log is not None:
-                lines = [f"  => {f}" for f in d.get("decoded", [])] or [
-                    "  => (no code addresses decoded)"
-                ]
-                log.write_lines([f"  => crash decoded: {d['reason']}", *lines])
-        elif ev.type == "port_state":
-            self._outcomes[d["board"]] = (
-                "waiting for the board"
-                if d["state"] == "waiting"
-                else self._outcomes.get(d["board"], "")
-            )
-        elif ev.type in ("paused", "resumed"):
-            self._state = "paused" if ev.type == "paused" else "idle"
-        elif ev.type == "error":
-            if "part" in d:
-                self._problems[d["part"]] = d["message"]
-            self.notify(d["message"], severity="error")
-        elif ev.type in ("note", "warning"):
-            self.notify(d["message"], severity="warning" if ev.type == "warning" else "information")
+        match ev:
+            case BuildStarted():
+                self._state = "building"
+                self._progress = ""
+                build.clear()
+            case BuildOutput(line=line):
+                build.write_line(line)
+                return  # nothing on the status line changes: no re-render per line
+            case BuildProgress(done=done, total=total, elapsed_ms=ms):
+                self._progress = _bar(done, total) + f" {ms / 1000:.0f}s"
+            case BuildFinished(result=result):
+                self._state = "idle"
+                self._progress = ""
+                if result.ok:
+                    build.remove_class("visible")  # collapsed while green
+                else:
+                    build.add_class("visible")
+                    build.write_line("")
+                    text = human(ev)
+                    if text:
+                        build.write_lines(text.splitlines())
+            case DeployStarted(board=board):
+                self._state = "deploying"
+                self._outcomes[board] = "deploying..."
+            case DeployProgress(board=board, bytes_done=done, bytes_total=total):
+                self._outcomes[board] = f"writing {_bar(done, total)}"
+            case DeployFinished(board=board, outcome=o):
+                self._state = "monitoring"
+                self._outcomes[board] = o.summary()
+                if self._quitting:
+                    flash = o.flash_state if not o.ok else None
+                    state = f" (flash {flash})" if flash else ""
+                    self.exit_report.append(f"{board}: deploy {o.summary()}{state}")
+            case CycleFinished(timings_ms=ms):
+                self._timings = "  ".join(
+                    f"{_TIMING_LABELS.get(k, k.replace('_', ' '))} {v:.0f}ms"
+                    for k, v in ms.items()
+                    if k not in ("linked", "compiled")
+                )
+            case CrashDecoded(board=board, crash=crash):
+                # the panic's own lines first (they wait for the next frame), so
+                # the decode reads under the panic, not above it
+                self._flush_serial()
+                log = self._log_widget(board)
+                if log is not None:
+                    lines = [f"  => {f}" for f in crash.decoded()] or [
+                        "  => (no code addresses decoded)"
+                    ]
+                    log.write_lines([f"  => crash decoded: {crash.reason}", *lines])
+            case PortChanged(board=board, state=state):
+                self._ports[board] = state
+                self._outcomes[board] = (
+                    "waiting for the board"
+                    if state == PortState.WAITING
+                    else self._outcomes.get(board, "")
+                )
+            case Paused():
+                self._state = "paused"
+            case Resumed():
+                self._state = "idle"
+            case Failed(part=part, message=message):
+                if part is not None:
+                    self._problems[part] = message
+                self.notify(message, severity="error")
+            case Warned(message=message):
+                self.notify(message, severity="warning")
+            case Note(message=message):
+                self.notify(message, severity="information")
         self._render_status()
 
     def _render_status(self) -> None:
         boards = "  ".join(
-            f"[b]{b.label}[/b] {b.info.url} ({b.conn.state}): {self._outcomes.get(b.label, '-')}"
+            f"[b]{escape(b.label)}[/b] {escape(b.info.url)} "
+            f"({self._ports.get(b.label, PortState.CLOSED)}): "
+            + escape(self._outcomes.get(b.label, "-"))
             for b in self.session.boards
         )
         project = self.session.backend.project_dir.name if self.session.backend else "?"
@@ -256,8 +296,9 @@ class WatchApp(App[int]):
         line2 = self._timings + ("   " + ", ".join(extras) if extras else "")
         if self._problems:  # a failed part stays on screen, not only in a toast
             line2 = "[b red]" + escape("; ".join(self._problems.values())) + "[/]  " + line2
+        progress = " " + self._progress if self._progress else ""
         self.query_one("#status", StatusLine).update(
-            f"[b]{project}[/b]  {self._state}   {boards}\n{line2}"
+            f"[b]{project}[/b]  {self._state}{escape(progress)}   {boards}\n{line2}"
         )
 
     # -- keys ------------------------------------------------------------------------

@@ -11,10 +11,33 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TextIO
 
-from fbuild_watch.build.diagnostics import Diagnostic
-from fbuild_watch.events import Event
+from fbuild_watch.events import (
+    BoardReset,
+    BuildFinished,
+    BuildOutput,
+    BuildProgress,
+    BuildSkipped,
+    BuildStarted,
+    ConnectedAhead,
+    CrashDecoded,
+    CycleFinished,
+    DeployFinished,
+    DeployProgress,
+    DeployStarted,
+    Event,
+    Exited,
+    Failed,
+    Note,
+    Paused,
+    PortChanged,
+    PortState,
+    Resumed,
+    SessionStarted,
+    Warned,
+    serial_line_json,
+)
 from fbuild_watch.session import SessionOptions, WatchSession
 from fbuild_watch.termsafe import terminal_safe_lines
 
@@ -44,18 +67,7 @@ class LineView:
         # or cursor sequences; colours stay in JSON and on a terminal.
         lines = terminal_safe_lines(lines, keep_sgr=self.json_mode or self.colour)
         if self.json_mode:
-            chunk = "\n".join(
-                json.dumps(
-                    {
-                        "type": "serial_line",
-                        "port": port,
-                        "board": board,
-                        "text": ln,
-                        "t": round(t, 6),
-                    }
-                )
-                for ln in lines
-            )
+            chunk = "\n".join(json.dumps(serial_line_json(board, port, ln, t)) for ln in lines)
         else:
             prefix = f"[{board}] "
             # a colour the board left on must not paint our own lines
@@ -63,10 +75,10 @@ class LineView:
         self._write(chunk)
 
     def on_event(self, ev: Event) -> None:
-        if ev.type == "build_output" and not self.json_mode:
+        if isinstance(ev, BuildOutput) and not self.json_mode:
             return  # the human view shows diagnostics, not every make line
         if self.json_mode:
-            self._write(json.dumps(ev.as_dict(), default=str))
+            self._write(json.dumps(ev.to_json(), default=str))
             return
         text = human(ev)
         if text:
@@ -81,62 +93,61 @@ def _isatty(out: TextIO) -> bool:
 
 
 def human(ev: Event) -> str | None:
-    d: dict[str, Any] = ev.data
-    t = ev.type
-    if t == "build_started":
-        what = ", ".join(d.get("changed", [])[:3]) + (" ..." if d.get("count", 0) > 3 else "")
-        return f"build: started ({d['reason']}{': ' + what if what else ''})"
-    if t == "build_finished":
-        if d.get("cancelled"):
-            return "build: cancelled (sources changed; restarting)"
-        lines = [Diagnostic(**x).format() for x in d.get("diagnostics", [])]
-        head = (
-            f"build: ok in {d['duration_ms'] / 1000:.2f} s"
-            if d["ok"]
-            else f"build: FAILED in {d['duration_ms'] / 1000:.2f} s: {d['error']}"
-        )
-        if d.get("stale"):
-            head += " (stale: sources changed meanwhile, not deployed)"
-        return "\n".join([head, *lines])
-    if t == "build_skipped":
-        return f"build: skipped ({d['reason']})"
-    if t == "deploy_started":
-        return f"[{d['board']}] deploy: started" + (" (full flash)" if d.get("full") else "")
-    if t == "deploy_finished":
-        extra = f" ({d['flash_state']})" if not d["ok"] and d.get("flash_state") else ""
-        return f"[{d['board']}] deploy: {d['summary']}{extra}"
-    if t == "cycle_finished":
-        ms = d.get("save_to_first_log_ms")
-        tim = d.get("timings_ms", {})
-        parts = [f"{k} {v:.0f} ms" for k, v in tim.items() if k != "save_to_first_log"]
-        head = f"cycle: save -> first new log line {ms:.0f} ms" if ms is not None else "cycle: done"
-        return f"{head} ({', '.join(parts)})" if parts else head
-    if t == "crash":
-        frames = d.get("decoded") or ["(no code addresses decoded: no ELF?)"]
-        return "\n".join(
-            [f"[{d['board']}] crash: {d['reason']}", *(f"[{d['board']}]   {f}" for f in frames)]
-        )
-    if t == "port_state":
-        if d["state"] == "waiting":
-            return f"[{d['board']}] waiting for the board: {d['message']}"
-        if d["state"] == "connected":
-            return f"[{d['board']}] connected to {d['port']}"
-        return None
-    if t in ("error", "note", "warning"):
-        return f"{t}: {d['message']}"
-    if t in ("paused", "resumed"):
-        return f"watch: {t}"
-    if t == "session_started":
-        ports = ", ".join(str(b["port"]) for b in d["boards"])
-        return f"watching {d['project']} -> {ports}"
-    if t == "files_changed":
-        return None
-    if t == "reset":
-        return f"[{d['board']}] reset"
-    if t == "connected_ahead":
-        if d["ok"]:
-            return f"[{d['board']}] deploy: in the bootloader while the image is made"
-        return f"[{d['board']}] deploy: could not connect ahead; connecting after the build"
+    """The line a person reads for an event (`--plain`, the TUI's build
+    pane); None for events only `--json` shows."""
+    match ev:
+        case BuildStarted(changed=changed, count=count, reason=reason):
+            what = ", ".join(changed[:3]) + (" ..." if count > 3 else "")
+            return f"build: started ({reason}{': ' + what if what else ''})"
+        case BuildFinished(result=r, stale=stale):
+            if r.cancelled:
+                return "build: cancelled (sources changed; restarting)"
+            took = f"{r.duration_s:.2f} s"
+            head = f"build: ok in {took}" if r.ok else f"build: FAILED in {took}: {r.error}"
+            if stale:
+                head += " (stale: sources changed meanwhile, not deployed)"
+            return "\n".join([head, *(d.format() for d in r.diagnostics)])
+        case BuildSkipped(reason=reason):
+            return f"build: skipped ({reason})"
+        case DeployStarted(board=board, full=full):
+            return f"[{board}] deploy: started" + (" (full flash)" if full else "")
+        case DeployFinished(board=board, outcome=o):
+            extra = f" ({o.flash_state})" if not o.ok and o.flash_state else ""
+            return f"[{board}] deploy: {o.summary()}{extra}"
+        case CycleFinished(timings_ms=tim, save_to_first_log_ms=ms):
+            parts = [f"{k} {v:.0f} ms" for k, v in tim.items() if k != "save_to_first_log"]
+            head = (
+                f"cycle: save -> first new log line {ms:.0f} ms"
+                if ms is not None
+                else "cycle: done"
+            )
+            return f"{head} ({', '.join(parts)})" if parts else head
+        case CrashDecoded(board=board, crash=crash):
+            frames = crash.decoded() or ["(no code addresses decoded: no ELF?)"]
+            return "\n".join(
+                [f"[{board}] crash: {crash.reason}", *(f"[{board}]   {f}" for f in frames)]
+            )
+        case PortChanged(board=board, state=PortState.WAITING, message=message):
+            return f"[{board}] waiting for the board: {message}"
+        case PortChanged(board=board, state=PortState.CONNECTED, port=port):
+            return f"[{board}] connected to {port}"
+        case Failed(message=message) | Note(message=message) | Warned(message=message):
+            return f"{ev.type}: {message}"
+        case Paused() | Resumed():
+            return f"watch: {ev.type}"
+        case SessionStarted(project=project, boards=boards):
+            return f"watching {project} -> {', '.join(b.port for b in boards)}"
+        case BoardReset(board=board):
+            return f"[{board}] reset"
+        case ConnectedAhead(board=board, ok=True):
+            return f"[{board}] deploy: in the bootloader while the image is made"
+        case ConnectedAhead(board=board, ok=False):
+            return f"[{board}] deploy: could not connect ahead; connecting after the build"
+        case DeployProgress(board=board, bytes_done=done, bytes_total=total):
+            pct = done * 100 // max(total, 1)
+            return f"[{board}] deploy: {pct}% ({done // 1024} of {total // 1024} KiB)"
+        case BuildProgress(done=done, total=total, elapsed_ms=ms) if done is not None:
+            return f"build: [{done}/{total}] {ms / 1000:.1f} s"
     return None
 
 
@@ -241,7 +252,7 @@ class LineMode:
         if self.code == 0:
             self.code = 1
         if self.view.json_mode:
-            self.view.on_event(Event("exit", {"ok": False, "error": why, "exit_code": self.code}))
+            self.view.on_event(Exited(ok=False, error=why, exit_code=self.code))
         print(f"fbuild: error: {why}", file=sys.stderr, flush=True)
 
     def run(self) -> int:

@@ -1,21 +1,18 @@
-"""What the deploy side asks of `sim://` ports: presence (the USB bus's
-answer for a real port) and the USB serial number.
+"""The virtual board as a port scheme of the deploy side: presence (the USB
+bus's answer for a real port), USB serial number and USB-Serial/JTAG.
 
-Imported lazily: the virtual board needs the `sim` extra (unicorn), which a
-user with real hardware only may not have installed.
+Registered when `fbuild_watch.sim` is imported, so `deploy/` never imports
+the virtual board (it is a plug-in; the `sim` extra may not be installed).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from fbuild_watch.sim.board import VirtualBoard
+from fbuild_watch.deploy.ports import PortScheme, register_scheme
+from fbuild_watch.sim.board import VirtualBoard
+from fbuild_watch.sim.registry import SimUrlError, get_board, parse_url
 
 
 def _board(url: str) -> VirtualBoard | None:
-    from fbuild_watch.sim.registry import SimUrlError, get_board, parse_url
-
     try:
         return get_board(parse_url(url).name)
     except SimUrlError:
@@ -36,10 +33,9 @@ def sim_usb_serial(url: str) -> str | None:
     return board.identity.mac.hex(":") if board.usb_jtag else f"SIMBRIDGE-{board.name}"
 
 
-def register_sim() -> None:
-    """Make `sim://` URLs openable in this process, when the sim extra is installed."""
-    try:
-        from fbuild_watch.sim import register
-    except ImportError:  # no unicorn: real ports only
-        return
-    register()
+def sim_usb_jtag(url: str) -> bool:
+    return "usb=jtag" in url
+
+
+SIM_SCHEME = PortScheme("sim://", sim_present, sim_usb_serial, sim_usb_jtag)
+register_scheme(SIM_SCHEME)

@@ -1,38 +1,42 @@
-"""One process owns each board's serial port for the whole session.
+"""One thread owns each board's serial port for the whole session.
 
-The monitor reads from it on a reader thread; a deploy pauses the reader and
-hands the *same* port object to esptool, then resumes reading before it
-resets the board so the boot log is captured from its first byte. When the
-port disappears (unplug, USB re-enumeration) the connection says so, keeps
-trying, and re-attaches to the same port when it comes back.
+The `BoardWorker` thread reads the port (the monitor) and, between reads,
+runs the jobs other threads give it: a deploy, a connect ahead, a reset, a
+write from the console. A job lends the port to esptool (`lend()`) on the
+same thread, so there is no hand-over: no reader to pause, no read to
+cancel. A deploy resets the board at its end and reads on, so the boot log
+is read from its first byte. When the port disappears (unplug, USB
+re-enumeration) the worker says so, keeps trying, and re-attaches to the
+same port when it comes back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import queue
 import select
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 import serial
 from esptool.loader import DEFAULT_SERIAL_WRITE_TIMEOUT, DEFAULT_TIMEOUT, ESP_ROM_BAUD
 
-from fbuild_watch.deploy.ports import PortInfo
-from fbuild_watch.deploy.simport import sim_present
+from fbuild_watch.deploy.ports import PortInfo, is_network, present
 from fbuild_watch.errors import RuntimeFailure
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 REOPEN_INTERVAL_S = 0.25
 FAST_REOPEN_S = 0.01  # right after our own reset a USB re-enumeration is expected
-# The reader's read timeout. A deploy interrupts the read (cancel_read) where
-# the port supports it; elsewhere (rfc2217, socket) this bounds its wait.
+# The reader's read timeout: how long a job given to the worker can wait for
+# the read in progress to end (at most this; 5 ms on average).
 READ_TIMEOUT_S = 0.01
 # A TCP serial server that already has a client accepts and closes a second
 # one (`fbuild sim serve`, ser2net); a close this soon after connecting, before
@@ -41,6 +45,11 @@ NETWORK_BUSY_WINDOW_S = 0.1
 # A network connection ending this soon after it opened, before any byte
 # arrived, was refused by a busy server (the close came after the window).
 NETWORK_BUSY_LATE_S = 2.0
+# How long a job waits for a port that is away (e.g. re-enumerating after our
+# own reset) before it fails with the reason.
+PORT_WAIT_S = 5.0
+
+_WAKE = object()  # put on the job queue to make a waiting worker look again
 
 
 class CountingPort:
@@ -73,15 +82,7 @@ class CountingPort:
         setattr(self._port, name, value)
 
 
-def _present(info: PortInfo) -> bool:
-    if info.url.startswith("sim://"):
-        return sim_present(info.url)
-    if "://" in info.url:
-        return True  # network ports: only an open attempt can tell
-    return Path(info.url).exists()
-
-
-class BoardConnection:
+class BoardWorker:
     def __init__(
         self,
         info: PortInfo,
@@ -91,9 +92,9 @@ class BoardConnection:
         on_state: Callable[[str, str], None] | None = None,
         on_pause: Callable[[], None] | None = None,
     ) -> None:
-        """`on_data(bytes, time)` and `on_pause()` (the reader stops for a
-        deploy) run on the reader thread; `on_state` on whichever thread
-        saw the change."""
+        """`on_data(bytes, time)` and `on_pause()` (a job is about to lend
+        the port to esptool) run on the worker thread; `on_state` on
+        whichever thread saw the change."""
         self.info = info
         self.baud = baud  # the app's console baud (the monitor reads at this rate)
         self.on_data = on_data or (lambda _d, _t: None)
@@ -108,10 +109,9 @@ class BoardConnection:
         self._opened_at = 0.0
         self._got_data = False  # since the last open
         self._fast_until = 0.0
-        self._lock = threading.Lock()
-        self._go = threading.Event()  # set while the reader may read; cleared by a deploy
-        self._go.set()
-        self._paused = threading.Event()
+        self._lock = threading.Lock()  # self.port: the worker vs close()/check_alive()
+        self._lent = False  # esptool has the port (a job, or a board held in its loader)
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -121,9 +121,10 @@ class BoardConnection:
 
     # -- lifecycle --------------------------------------------------------------
     def open(self, *, wait: bool = False) -> None:
-        """Open now and start reading. If the port cannot be opened: raise
+        """Open now and start the worker. If the port cannot be opened: raise
         RuntimeFailure with the reason, or with `wait`, keep trying in the
         background (state "waiting") until the board appears."""
+        self._stop.clear()
         try:
             self._open_port()
         except RuntimeFailure as exc:
@@ -131,10 +132,137 @@ class BoardConnection:
                 raise
             self.unavailable = str(exc)
             self._set_state("waiting", str(exc))
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._reader, name=f"reader-{self.url}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"board-{self.url}", daemon=True)
         self._thread.start()
 
+    def close(self) -> None:
+        """Stop the worker and close the port. From another thread while a
+        job runs, the job fails at its next read or write (an abort)."""
+        self._stop.set()
+        self._jobs.put(_WAKE)
+        with self._lock:
+            port, self.port = self.port, None
+        if port is not None:
+            with contextlib.suppress(Exception):
+                port.close()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2)
+        self._fail_queued()
+        self._set_state("closed", "")
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
+    # -- jobs ---------------------------------------------------------------------
+    def submit(self, job: Callable[[], T]) -> Future[T]:
+        """Run `job` on the worker thread (between two reads) and return its
+        future; `asyncio.wrap_future` awaits it. On the worker thread itself,
+        or with no worker running (nothing else reads the port), the job
+        runs at once on the calling thread."""
+        fut: Future[T] = Future()
+        if threading.current_thread() is self._thread or not self.running:
+            _run_job(job, fut)
+        else:
+            self._jobs.put((job, fut))
+            if not self.running:  # closed meanwhile: nobody will run it
+                self._fail_queued()
+        return fut
+
+    def call(self, job: Callable[[], T]) -> T:
+        """`submit` and wait for the result (from any thread but asyncio's)."""
+        return self.submit(job).result()
+
+    def write(self, data: bytes) -> Future[None]:
+        """Send bytes to the app (the console), in order with the jobs."""
+
+        def send() -> None:
+            port = self.port
+            if port is None or self._lent:
+                raise RuntimeFailure(self.unavailable or f"{self.url}: board not connected")
+            port.write(data)
+
+        return self.submit(send)
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _WAKE:
+                _job, fut = item
+                if fut.set_running_or_notify_cancel():
+                    fut.set_exception(RuntimeFailure(f"{self.url}: port closed"))
+
+    # -- the worker thread --------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._lent or self.port is None:
+                # held in its loader, or away: wait for a job (or the next
+                # reopen attempt), not for serial data
+                timeout = None if self._lent else self._reopen_interval()
+                if self._run_next(timeout):
+                    continue
+                if self.port is None and not self._lent and not self._stop.is_set():
+                    self._try_reopen()
+                continue
+            if self._run_next(0):
+                continue
+            self._read_once()
+
+    def _run_next(self, timeout: float | None) -> bool:
+        """Run one queued job; wait up to `timeout` (None: until one comes)."""
+        try:
+            item = self._jobs.get(block=timeout != 0, timeout=timeout or None)
+        except queue.Empty:
+            return False
+        if item is _WAKE:
+            return False
+        job, fut = item
+        _run_job(job, fut)
+        return True
+
+    def _read_once(self) -> bool:
+        """One read of the port; True if it brought data."""
+        port = self.port
+        if port is None:
+            return False
+        try:
+            # read(1) returns at the first byte; then take what is buffered.
+            # (read(4096) would wait out the timeout on a quiet line.)
+            data = port.read(1)
+            if data:
+                waiting = port.in_waiting
+                if waiting:
+                    data += port.read(waiting)
+        except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
+            if not self._stop.is_set():
+                self._lost(str(exc))
+            return False
+        if not data:
+            return False
+        self._got_data = True
+        self.last_data_at = time.monotonic()
+        try:
+            self.on_data(data, time.time())
+        except Exception:  # a view's bug must not stop the monitor
+            log.exception("serial data handler failed")
+        return True
+
+    def read_until_data(self, timeout: float) -> float | None:
+        """On the worker thread, after a reset: read (and hand on) until the
+        first byte arrives; its monotonic time, or None after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if self.port is None:
+                self._try_reopen(deadline - time.monotonic())
+            elif self._read_once():
+                return self.last_data_at
+        return None
+
+    # -- opening, losing, reopening ----------------------------------------------
     def _open_port(self) -> None:
         try:
             port = serial.serial_for_url(
@@ -152,6 +280,9 @@ class BoardConnection:
                 port.close()
             raise RuntimeFailure(self._busy_message())
         with self._lock:
+            if self._stop.is_set():
+                port.close()  # closed meanwhile
+                return
             self.port = port
             self._opened_at = time.monotonic()
             self._got_data = False
@@ -159,7 +290,7 @@ class BoardConnection:
         self._set_state("connected", "")
 
     def _busy_message(self) -> str:
-        if "://" in self.url and not self.url.startswith("sim://"):
+        if is_network(self.url):
             # `fuser`/`lsof` cannot name a remote holder: say what was seen
             return (
                 f"{self.url}: port busy: the server closed the connection at once "
@@ -186,59 +317,10 @@ class BoardConnection:
             )
         return f"{self.url}: cannot open port: {text}"
 
-    def close(self) -> None:
-        self._stop.set()
-        self._go.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2)
-        with self._lock:
-            port, self.port = self.port, None
-        if port is not None:
-            with contextlib.suppress(Exception):
-                port.close()
-        self._set_state("closed", "")
-
     def _set_state(self, state: str, message: str) -> None:
         if state != self.state:
             self.state = state
             self.on_state(state, message)
-
-    # -- the reader -------------------------------------------------------------
-    def _reader(self) -> None:
-        while not self._stop.is_set():
-            if not self._go.is_set():
-                try:
-                    self.on_pause()
-                except Exception:  # a view's bug must not stop the monitor
-                    log.exception("serial pause handler failed")
-                self._paused.set()
-                while not self._go.is_set() and not self._stop.is_set():
-                    # blocks, not polls: a deploy's esptool needs the GIL
-                    self._go.wait(0.1)
-                self._paused.clear()
-                continue
-            port = self.port
-            if port is None:
-                self._reconnect()
-                continue
-            try:
-                # read(1) returns at the first byte; then take what is buffered.
-                # (read(4096) would wait out the timeout on a quiet line.)
-                data = port.read(1)
-                if data:
-                    waiting = port.in_waiting
-                    if waiting:
-                        data += port.read(waiting)
-            except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
-                self._lost(str(exc))
-                continue
-            if data:
-                self._got_data = True
-                self.last_data_at = time.monotonic()
-                try:
-                    self.on_data(data, time.time())
-                except Exception:  # a view's bug must not stop the monitor
-                    log.exception("serial data handler failed")
 
     def _lost(self, reason: str) -> None:
         with self._lock:
@@ -248,12 +330,7 @@ class BoardConnection:
                 port.close()
         self.disconnects.append(time.monotonic())
         after = time.monotonic() - self._opened_at
-        if (
-            "://" in self.url
-            and not self.url.startswith("sim://")
-            and not self._got_data
-            and after < NETWORK_BUSY_LATE_S
-        ):
+        if is_network(self.url) and not self._got_data and after < NETWORK_BUSY_LATE_S:
             # most likely a busy server whose close came after our open returned
             self.unavailable = (
                 f"{self.url}: port busy? the server closed the connection {after:.1f} s "
@@ -269,11 +346,13 @@ class BoardConnection:
         for it often for a while, so little of the boot log is missed."""
         self._fast_until = time.monotonic() + window_s
 
-    def _reconnect(self) -> None:
-        interval = FAST_REOPEN_S if time.monotonic() < self._fast_until else REOPEN_INTERVAL_S
-        if self._stop.wait(interval):
+    def _reopen_interval(self) -> float:
+        return FAST_REOPEN_S if time.monotonic() < self._fast_until else REOPEN_INTERVAL_S
+
+    def _try_reopen(self, wait: float = 0.0) -> None:
+        if wait > 0 and self._stop.wait(min(wait, self._reopen_interval())):
             return
-        if not self._go.is_set() or not _present(self.info):
+        if not present(self.info):
             return
         try:
             self._open_port()
@@ -281,7 +360,7 @@ class BoardConnection:
             self.unavailable = str(exc)  # e.g. busy: a deploy says so, not "not connected"
 
     def check_alive(self) -> bool:
-        """Ask the port itself (not the reader's last view) whether it is
+        """Ask the port itself (not the worker's last view) whether it is
         still there; a dead port is recorded as a disconnect edge now."""
         port = self.port
         if port is None:
@@ -291,59 +370,45 @@ class BoardConnection:
         except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
             self._lost(str(exc))
             return False
-        return _present(self.info)
+        return present(self.info)
 
-    # -- exclusive use by a deploy ----------------------------------------------
+    # -- lending the port to esptool (on the worker thread) -----------------------
     @contextlib.contextmanager
-    def exclusive(self, timeout: float = 5.0) -> Iterator[ExclusiveUse]:
-        """Pause the reader and lend the open port (wrapped to count bytes),
-        set up as esptool sets up a port it opens; ours are restored after.
-        RuntimeFailure (one line: busy, gone, ...) when there is no port."""
+    def lend(self, timeout: float = PORT_WAIT_S) -> Iterator[LentPort]:
+        """The open port for esptool, wrapped to count bytes and set up as
+        esptool sets up a port it opens; ours are restored when it is given
+        back (`LentPort.give_back`, at the latest when the block ends).
+        Called by a job: the worker does not read meanwhile. A port that is
+        away is waited for up to `timeout`; then RuntimeFailure (one line:
+        busy, gone, ...)."""
+        if self.running and threading.current_thread() is not self._thread:
+            raise RuntimeError("lend() is for jobs: use submit() or call()")
         deadline = time.monotonic() + timeout
         while self.port is None:
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stop.is_set():
                 raise RuntimeFailure(self.unavailable or f"{self.url}: board not connected")
-            time.sleep(0.02)
-        self._go.clear()
-        port = self.port
-        if port is not None and self._thread is not None and self._thread.is_alive():
-            _interrupt_read(port)  # the reader may sit in read() for READ_TIMEOUT_S
-            self._paused.wait(timeout)
-            _clear_interrupt(port)
-        # the reader may have lost the port before it paused
-        port = self.port
-        if port is None:
-            self._go.set()
-            raise RuntimeFailure(self.unavailable or f"{self.url}: board not connected")
-        use = ExclusiveUse(self, port)
+            self._try_reopen(left)
         try:
-            use.lend()
-            yield use
+            self.on_pause()
+        except Exception:  # a view's bug must not stop a deploy
+            log.exception("serial pause handler failed")
+        lent = LentPort(self, self.port)
+        self._lent = True
+        try:
+            lent.take()
+            yield lent
         finally:
-            use.resume()
-
-    def resume(self) -> None:
-        self._go.set()
+            lent.give_back()
 
 
-def _interrupt_read(port: Any) -> None:
-    cancel = getattr(port, "cancel_read", None)
-    if callable(cancel):
-        with contextlib.suppress(Exception):
-            cancel()
-
-
-def _clear_interrupt(port: Any) -> None:
-    """A cancel that found no read in progress stays pending and would cut
-    esptool's first read short: consume it, now that the reader is paused
-    (pyserial's POSIX abort pipe; the virtual board's flag; Windows keeps none)."""
-    fd = getattr(port, "pipe_abort_read_r", None)
-    if isinstance(fd, int):
-        with contextlib.suppress(OSError):
-            os.read(fd, 1000)
-    clear = getattr(port, "clear_cancel_read", None)
-    if callable(clear):
-        clear()
+def _run_job(job: Callable[[], T], fut: Future[T]) -> None:
+    if not fut.set_running_or_notify_cancel():
+        return
+    try:
+        fut.set_result(job())
+    except BaseException as exc:  # handed to whoever waits for it
+        fut.set_exception(exc)
 
 
 def _closed_at_once(port: Any) -> bool:
@@ -389,27 +454,30 @@ def _apply(port: Any, settings: dict[str, Any]) -> None:
             setattr(port, name, None)
 
 
-class ExclusiveUse:
-    def __init__(self, conn: BoardConnection, port: Any) -> None:
-        self.conn = conn
+class LentPort:
+    """The port while esptool has it."""
+
+    def __init__(self, worker: BoardWorker, port: Any) -> None:
+        self.worker = worker
         self.port = CountingPort(port)
-        self.resumed = False
+        self.given_back = False
         self._saved: dict[str, Any] | None = None
 
-    def lend(self) -> None:
+    def take(self) -> None:
         """Give the port esptool's settings, remembering the reader's."""
         raw = self.port._port
         self._saved = {name: getattr(raw, name) for name in _LENT_SETTINGS}
         _apply(raw, _esptool_settings())
 
-    def resume(self) -> None:
-        """Give the port back to the reader with its settings (before a
-        reset, so the first boot byte is read)."""
-        if not self.resumed:
-            self.resumed = True
-            if self._saved is not None:
-                try:
-                    _apply(self.port._port, self._saved)
-                except Exception as exc:  # a vanished port: the reader notices and says so
-                    log.debug("restoring %s settings failed: %s", self.conn.url, exc)
-            self.conn.resume()
+    def give_back(self) -> None:
+        """The reader's settings back; the worker reads again after this job
+        (a reset just before returning is read from its first byte)."""
+        if self.given_back:
+            return
+        self.given_back = True
+        if self._saved is not None:
+            try:
+                _apply(self.port._port, self._saved)
+            except Exception as exc:  # a vanished port: the worker notices and says so
+                log.debug("restoring %s settings failed: %s", self.worker.url, exc)
+        self.worker._lent = False
