@@ -17,16 +17,18 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from fbuild_watch.build.backends import Backend, detect_backend
 from fbuild_watch.build.objects import ObjectWatch
+from fbuild_watch.build.progress import BuildProgressTracker
 from fbuild_watch.build.runner import BuildResult, BuildRun
 from fbuild_watch.config import CONFIG_NAME
 from fbuild_watch.errors import FbuildError, RuntimeFailure
 from fbuild_watch.events import (
     BuildFinished,
     BuildOutput,
+    BuildProgress,
     BuildSkipped,
     BuildStarted,
     CycleFinished,
@@ -57,6 +59,16 @@ LINK_POLL_S = 0.003
 # this many failures within WATCHER_FAILURE_WINDOW_S end the loop instead.
 WATCHER_MAX_FAILURES = 3
 WATCHER_FAILURE_WINDOW_S = 60.0
+BUILD_TICK_S = 1.0  # a build_progress event at least this often while building
+
+
+async def _tick_until(build: asyncio.Future[Any], progress: BuildProgressTracker) -> None:
+    """Once a second while the build runs: its elapsed time (and ninja's
+    count, if any), so a long build is never a silent wait."""
+    while not build.done():
+        await asyncio.sleep(BUILD_TICK_S)
+        if not build.done():
+            progress.tick()
 
 
 class Deployer(Protocol):
@@ -292,8 +304,15 @@ class Loop:
         )
         loop = asyncio.get_running_loop()
 
+        def on_progress(done: int | None, total: int | None, elapsed_s: float) -> None:
+            ev = BuildProgress(done=done, total=total, elapsed_ms=round(elapsed_s * 1000, 1))
+            loop.call_soon_threadsafe(self.emit, ev)
+
+        progress = BuildProgressTracker(on_progress)
+
         def on_line(line: str) -> None:
             loop.call_soon_threadsafe(self.emit, BuildOutput(line=line))
+            progress.line(line)
 
         if CONFIG_NAME in changed and self.backend.config is not None:
             self._reload_config()
@@ -308,6 +327,7 @@ class Loop:
                 self._watch_link(elf, before, build, cycle, objects)
             )
             self.supervisor.watch(self._link_task, "link watch")
+        ticker = self._background(_tick_until(build, progress), "build progress")
         try:
             result = await build
         except Exception as exc:  # a bug or an OS error the build run did not expect
@@ -317,6 +337,7 @@ class Loop:
             )
         finally:
             self._build_run = None
+            ticker.cancel()
         cycle.build_end = time.monotonic()
         await self._settle_link()
         cycle.timings["build"] = result.duration_s

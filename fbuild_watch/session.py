@@ -23,6 +23,7 @@ from fbuild_watch.decode import Crash, CrashDetector
 from fbuild_watch.deploy.engine import BoardDeployer
 from fbuild_watch.deploy.outcome import DeployOutcome
 from fbuild_watch.deploy.ports import DEFAULT_BAUD, PortInfo, board_ports, flashing_baud
+from fbuild_watch.deploy.progress import WriteProgress
 from fbuild_watch.deploy.trust import FlashCache, SessionTrust
 from fbuild_watch.deploy.worker import BoardWorker
 from fbuild_watch.errors import ConfigError, FbuildError
@@ -32,6 +33,7 @@ from fbuild_watch.events import (
     ConnectedAhead,
     CrashDecoded,
     DeployFinished,
+    DeployProgress,
     DeployStarted,
     Event,
     Failed,
@@ -108,6 +110,7 @@ class BoardSession:
             baud=session.opts.baud or DEFAULT_BAUD,
             trust=SessionTrust(enabled=session.opts.trust),
             cache=cache,
+            on_progress=self._on_progress,
         )
 
     def needs_link(self, key: str | None) -> bool:
@@ -132,6 +135,19 @@ class BoardSession:
             self.ever_connected = True
         if state == "connected" and self.needs_deploy:
             self.session.command_threadsafe("redeploy")
+
+    def _on_progress(self, p: WriteProgress) -> None:
+        """A write in progress (on the worker thread, <= 10 a second)."""
+        self.session.emit_threadsafe(
+            DeployProgress(
+                board=self.label,
+                port=self.info.url,
+                bytes_done=p.bytes_done,
+                bytes_total=p.bytes_total,
+                sectors_done=p.sectors_done,
+                sectors_total=p.sectors_total,
+            )
+        )
 
     def _on_pause(self) -> None:
         # A line cut off by a deploy ends here; glued to the boot log that

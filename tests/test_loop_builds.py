@@ -200,3 +200,21 @@ async def test_boards_are_connected_ahead_once_a_changed_object_is_compiled(
     assert "linked" not in cyc.data["timings_ms"]  # one trigger per build
     assert len(deployer.prepared) == before + 1
     await run.stop()
+
+
+async def test_ninja_counts_become_build_progress_events(tmp_path: Path, firmware: Build) -> None:
+    """ESP-IDF and PlatformIO's CMake builds print ninja's `[N/M]`: the views
+    get how far the build is, the last count always."""
+    project = make_project(tmp_path / "p", firmware)
+    build_py = project / "build.py"
+    steps = "".join(
+        f'print("[{i}/40] Building C object x{i}.o", flush=True)\n' for i in range(1, 41)
+    )
+    build_py.write_text(steps + build_py.read_text())
+    run = LoopRun(project, deployer=FakeDeployer())
+    await run.start(startup_build=True)
+    await run.expect("build_finished")
+    counts = [(e.data["done"], e.data["total"]) for e in run.events if e.type == "build_progress"]
+    assert counts and counts[-1] == (40, 40), counts
+    assert len(counts) < 40  # at most 10 a second: not one per line
+    await run.stop()

@@ -30,6 +30,11 @@ def test_json_mode_with_stdin_commands(tmp_path: Path) -> None:
         built_at = ev.index(lambda e: e["type"] == "build_finished")
         dep = ev.expect(lambda e: e["type"] == "deploy_finished")
         assert dep["port"].startswith("sim://j") and dep["kind"] == "verify-probe"
+        # the write was reported as it went, up to every byte written
+        progress = [e for e in ev.seen if e["type"] == "deploy_progress"]
+        assert progress and progress[-1]["bytes_done"] == progress[-1]["bytes_total"]
+        assert progress[-1]["bytes_total"] == dep["flash_bytes_written"]
+        assert progress[-1]["sectors_done"] == progress[-1]["sectors_total"] > 0
         assert {
             "sectors_written",
             "flash_bytes_written",

@@ -40,6 +40,7 @@ from fbuild_watch.deploy.plan import (
     sector_runs,
 )
 from fbuild_watch.deploy.ports import usb_serial
+from fbuild_watch.deploy.progress import WriteProgress, WriteTracker
 from fbuild_watch.deploy.trust import FlashCache, SessionTrust, TrustedImage
 from fbuild_watch.deploy.worker import READ_TIMEOUT_S, BoardWorker, LentPort
 from fbuild_watch.image.layout import APP, Region, ValidatedLayout
@@ -107,6 +108,7 @@ class BoardDeployer:
         cache: FlashCache | None = None,
         log: Callable[[str], None] | None = None,
         stub: bool | None = None,
+        on_progress: Callable[[WriteProgress], None] | None = None,
     ) -> None:
         """`stub`: None lets the cost model choose ROM or stub per deploy;
         True/False forces one (benchmarks measure the break-even with it)."""
@@ -116,6 +118,7 @@ class BoardDeployer:
         self.trust = trust or SessionTrust()
         self.cache = cache
         self.log = log or (lambda _m: None)
+        self.on_progress = on_progress  # called on the worker thread, <= 10 times a second
         self.identity: str | None = None
         # identity -> JEDEC flash ID, for chips whose flash esptool probed this session
         self._flash_ids: dict[str, int] = {}
@@ -423,7 +426,13 @@ class BoardDeployer:
             out.flash_state = "writing"
             # one esptool call for all runs: it verifies each run's MD5 after writing it
             started = time.time()
-            write_flash(esp, [(run.offset, run.data) for run in runs], **_WRITE_OPTS)
+            tracker = (
+                WriteTracker([len(run.data) for run in runs], self.on_progress)
+                if self.on_progress is not None
+                else None
+            )
+            with captured(out.log.append, progress=tracker):
+                write_flash(esp, [(run.offset, run.data) for run in runs], **_WRITE_OPTS)
             out.write_window = (started, time.time())
             for run in runs:
                 out.flash_bytes_written += len(run.data)

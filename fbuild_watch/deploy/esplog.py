@@ -18,10 +18,12 @@ from esp_pylib.logger import EspLog
 from esptool.logger import EsptoolLogger, TemplateLogger, log
 
 Sink = Callable[[str], None]
+Progress = Callable[[int, int], None]  # (done, total) of the file being written
 
 _install_lock = threading.Lock()
 _installed: Any = None  # what EspLog.instance was set to (esptool wraps our router)
 _sinks: dict[int, Sink] = {}  # thread ident -> sink; dict ops are atomic under the GIL
+_progress: dict[int, Progress] = {}
 
 
 class _Router(TemplateLogger):  # type: ignore[misc]
@@ -63,9 +65,14 @@ class _Router(TemplateLogger):  # type: ignore[misc]
         if self._sink() is None:
             self.fallback.stage(finish)
 
-    def progress_bar(self, *args: Any, **kwargs: Any) -> None:
-        if self._sink() is None:
-            self.fallback.progress_bar(*args, **kwargs)
+    def progress_bar(self, cur_iter: int, total_iters: int, *args: Any, **kwargs: Any) -> None:
+        me = threading.get_ident()
+        if me not in _sinks:
+            self.fallback.progress_bar(cur_iter, total_iters, *args, **kwargs)
+            return
+        progress = _progress.get(me)
+        if progress is not None:
+            progress(cur_iter, total_iters)
 
     def set_verbosity(self, verbosity: str) -> None:
         self.fallback.set_verbosity(verbosity)
@@ -86,16 +93,20 @@ def _install() -> None:
 
 
 @contextlib.contextmanager
-def captured(sink: Sink) -> Iterator[None]:
-    """Route esptool's log on this thread to `sink` for the duration."""
+def captured(sink: Sink, progress: Progress | None = None) -> Iterator[None]:
+    """Route esptool's log on this thread to `sink`, and its progress bars
+    (bytes of the file being written) to `progress`, for the duration."""
     _install()
     me = threading.get_ident()
-    previous = _sinks.get(me)
+    previous = _sinks.get(me), _progress.get(me)
     _sinks[me] = sink
+    if progress is not None:
+        _progress[me] = progress
     try:
         yield
     finally:
-        if previous is None:
-            _sinks.pop(me, None)
-        else:
-            _sinks[me] = previous
+        for table, old in ((_sinks, previous[0]), (_progress, previous[1])):
+            if old is None:
+                table.pop(me, None)
+            else:
+                table[me] = old  # type: ignore[assignment]

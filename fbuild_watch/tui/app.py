@@ -229,7 +229,9 @@ class WatchApp(App[int]):
                 self._outcomes[board] = "deploying..."
             case DeployProgress(board=board, bytes_done=done, bytes_total=total):
                 self._outcomes[board] = f"writing {_bar(done, total)}"
+                self._tab_title(board, f"{board} {done * 100 // max(total, 1)}%")
             case DeployFinished(board=board, outcome=o):
+                self._tab_title(board, board)
                 self._state = "monitoring"
                 self._outcomes[board] = o.summary()
                 if self._quitting:
@@ -272,6 +274,13 @@ class WatchApp(App[int]):
             case Note(message=message):
                 self.notify(message, severity="information")
         self._render_status()
+
+    def _tab_title(self, board: str, title: str) -> None:
+        """A board's tab shows its write's progress."""
+        try:
+            self.query_one("#tabs", TabbedContent).get_tab(f"tab-{board}").label = title
+        except (NoMatches, ValueError):
+            pass
 
     def _render_status(self) -> None:
         boards = "  ".join(
