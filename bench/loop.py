@@ -130,12 +130,12 @@ async def _pane_throughput(rate: int = 25_000, seconds: float = 4.0) -> dict[str
     921,600 baud carries ~1.5k lines/s: this is 16x that), keys are pressed
     meanwhile, and the log file is compared with what was fed."""
     lines_total = int(rate * seconds)
-    from fbuild_watch.tui.app import WatchApp
+    from tests.tuikit import tui_app
 
     with tempfile.TemporaryDirectory() as tmp:
         board = sim.add_board(VirtualBoard("pane", timing=sim.INSTANT))
         log_path = Path(tmp) / "flood.log"
-        app = WatchApp(
+        app = tui_app(
             SessionOptions(project=Path(tmp), ports=[f"sim://{board.name}"], log_file=log_path),
             monitor_only=True,
         )

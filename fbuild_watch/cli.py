@@ -199,9 +199,10 @@ def _watch(args: argparse.Namespace) -> int:
         from fbuild_watch.views.lines import run_line_mode
 
         return run_line_mode(opts, json_mode=args.json, timeout=args.timeout)
+    from fbuild_watch.session import open_session
     from fbuild_watch.tui.app import WatchApp
 
-    app = WatchApp(opts)
+    app = WatchApp(open_session(opts))
     code = app.run() or 0
     for line in app.exit_report:  # the screen is gone: say how the last deploy ended
         print(line, file=sys.stderr)
@@ -216,13 +217,14 @@ def _monitor(args: argparse.Namespace) -> int:
         return run_line_mode(
             opts, json_mode=args.json, monitor_only=True, until=args.until, timeout=args.timeout
         )
+    from fbuild_watch.session import open_session
     from fbuild_watch.tui.app import WatchApp
 
-    return WatchApp(opts, monitor_only=True).run() or 0
+    return WatchApp(open_session(opts, monitor_only=True), monitor_only=True).run() or 0
 
 
 def _lnk(args: argparse.Namespace) -> int:
-    from fbuild_watch.lnk import commands
+    from fbuild_watch import cli_lnk as commands
 
     if args.lnk_command == "pull":
         return commands.pull(Path(args.dir), allow_http=args.allow_http, as_json=args.json)

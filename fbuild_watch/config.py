@@ -6,6 +6,7 @@ typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,8 +14,11 @@ from typing import Any
 
 from fbuild_watch.errors import ConfigError
 from fbuild_watch.image.chips import normalize_chip
+from fbuild_watch.image.settings import FlashSettings, MonitorSettings, reset_mode
 
 CONFIG_NAME = "fbuild.toml"
+# `[build] system`: which build system runs the project ("command": [build] command)
+BUILD_SYSTEMS = ("command", "esp-idf", "platformio", "arduino")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,46 @@ class ProjectConfig:
     lnk_allow_http: bool = False
     lnk_max_mb: int | None = None
     build_timeout_s: float | None = None  # None: a build may take as long as it takes
+    system: str | None = None  # [build] system; None: [build] command, else detected
+    build_dir: str | None = None  # [build] dir: ESP-IDF's -B / arduino-cli's --build-path
+    before: str | None = None  # [board] before / after / stub: esptool's reset modes
+    after: str | None = None
+    stub: bool | None = None
+    monitor_baud: int | None = None  # [monitor] baud
+    # blake2b-128 of the bytes this config was parsed from (as the watch
+    # state's file digests): what a build "was built with"
+    digest: bytes = b""
+
+    def flash_layer(self) -> FlashSettings:
+        """fbuild.toml's layer of the flashing settings (image/settings.py)."""
+        origins = []
+        for name in ("chip", "before", "after", "stub", "baud", "port"):
+            if getattr(self, name) not in (None, ()):
+                origins.append(
+                    (name + "s" if name == "port" else name, f"{self.path} [board] {name}")
+                )
+        return FlashSettings(
+            chip=self.chip,
+            before=self.before,
+            after=self.after,
+            stub=self.stub,
+            baud=self.baud,
+            ports=self.port,
+            origins=tuple(origins),
+        )
+
+    def monitor_layer(self) -> MonitorSettings:
+        """[monitor] baud; the monitor's port is the first [board] port."""
+        origins = []
+        if self.monitor_baud is not None:
+            origins.append(("baud", f"{self.path} [monitor] baud"))
+        if self.port:
+            origins.append(("port", f"{self.path} [board] port"))
+        return MonitorSettings(
+            baud=self.monitor_baud,
+            port=self.port[0] if self.port else None,
+            origins=tuple(origins),
+        )
 
 
 _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -52,8 +96,18 @@ _SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
         "outputs": list,
         "env": dict,
         "timeout": (int, float),
+        "system": str,
+        "dir": str,
     },
-    "board": {"chip": str, "port": (str, list), "baud": int},
+    "board": {
+        "chip": str,
+        "port": (str, list),
+        "baud": int,
+        "before": str,
+        "after": str,
+        "stub": bool,
+    },
+    "monitor": {"baud": int},
     "watch": {"paths": list, "ignore": list, "debounce_ms": int},
     "lnk": {"dir": str, "allow_http": bool, "max_mb": int},
 }
@@ -165,10 +219,34 @@ def load_config(path: Path) -> ProjectConfig:
     if timeout is not None and not 0 < timeout < 1e9:  # also refuses nan and inf
         raise ConfigError("[build] timeout must be a positive number of seconds", source=path)
 
+    system = values.get("build.system")
+    if system is not None and system not in BUILD_SYSTEMS:
+        raise ConfigError(
+            f"[build] system must be one of {', '.join(BUILD_SYSTEMS)}, got {system!r}", source=path
+        )
+    if system not in (None, "command") and command is not None:
+        raise ConfigError(
+            f"[build] command runs the build itself; it cannot go with system = {system!r}",
+            source=path,
+        )
+    build_dir = values.get("build.dir")
+    if build_dir is not None and not _inside(build_dir):
+        raise ConfigError("[build] dir must be a path inside the project", source=path)
+    resets = {}
+    for kind in ("before", "after"):
+        if f"board.{kind}" in values:
+            try:
+                resets[kind] = reset_mode(
+                    values[f"board.{kind}"], kind=kind, where=f"[board] {kind}"
+                )
+            except ConfigError as exc:
+                raise ConfigError(exc.problem, source=path) from None
+    monitor_baud = values.get("monitor.baud")
+    if monitor_baud is not None and monitor_baud <= 0:
+        raise ConfigError("[monitor] baud must be positive", source=path)
+
     lnk_dir = values.get("lnk.dir")
-    if lnk_dir is not None and (
-        not lnk_dir.strip() or Path(lnk_dir).is_absolute() or ".." in Path(lnk_dir).parts
-    ):
+    if lnk_dir is not None and not _inside(lnk_dir):
         raise ConfigError("[lnk] dir must be a path inside the project", source=path)
     max_mb = values.get("lnk.max_mb")
     if max_mb is not None and max_mb <= 0:
@@ -192,4 +270,16 @@ def load_config(path: Path) -> ProjectConfig:
         lnk_allow_http=values.get("lnk.allow_http", False),
         lnk_max_mb=max_mb,
         build_timeout_s=float(timeout) if timeout is not None else None,
+        system=system,
+        build_dir=build_dir,
+        before=resets.get("before"),
+        after=resets.get("after"),
+        stub=values.get("board.stub"),
+        monitor_baud=monitor_baud,
+        digest=hashlib.blake2b(raw, digest_size=16).digest(),
     )
+
+
+def _inside(rel: str) -> bool:
+    """A relative path that stays inside the project."""
+    return bool(rel.strip()) and not Path(rel).is_absolute() and ".." not in Path(rel).parts

@@ -113,6 +113,15 @@ class BoardSession:
             on_progress=self._on_progress,
         )
 
+    @property
+    def url(self) -> str:
+        return self.info.url
+
+    @property
+    def log_failed(self) -> str | None:
+        """Why the log file was turned off (disk full, ...), if it was."""
+        return self.log_file.failed if self.log_file is not None else None
+
     def needs_link(self, key: str | None) -> bool:
         """Will a deploy of the ELF with this link key talk to the board?
         Yes unless the board is trusted to hold an image of an ELF with the
@@ -292,16 +301,27 @@ class MultiDeployer:
                 self.session.emit(Failed(message=f"{b.info.url}: reset failed: {exc}"))
 
 
+OnEvent = Callable[[Event], None]
+# (board, port, time of arrival, lines), called on the board's worker thread
+OnSerial = Callable[[str, str, float, list[str]], None]
+
+
 class WatchSession:
+    """The loop and the boards of one `fbuild watch` or `fbuild monitor`.
+    Views `listen()` to it: events on the event loop, serial lines on the
+    boards' worker threads (views make those thread-safe)."""
+
     def __init__(
         self,
         opts: SessionOptions,
-        emit: Callable[[Event], None],
-        on_serial: Callable[[str, str, float, list[str]], None],
+        emit: OnEvent | None = None,
+        on_serial: OnSerial | None = None,
     ) -> None:
         self.opts = opts
-        self._emit = emit
-        self.on_serial = on_serial
+        self._listeners: list[tuple[OnEvent, OnSerial | None]] = []
+        self._log_path: Path | None = opts.log_file
+        if emit is not None:
+            self.listen(emit, on_serial)
         self.loop: Loop | None = None
         self.boards: list[BoardSession] = []
         self.backend: Backend | None = None
@@ -349,15 +369,38 @@ class WatchSession:
             aio.call_soon_threadsafe(_resolve, fut, at)
 
     # -- events ------------------------------------------------------------------
+    def listen(self, on_event: OnEvent, on_serial: OnSerial | None = None) -> None:
+        self._listeners.append((on_event, on_serial))
+
     def emit(self, ev: Event) -> None:
-        self._emit(ev)
+        for on_event, _ in self._listeners:
+            on_event(ev)
+
+    def on_serial(self, board: str, port: str, t: float, lines: list[str]) -> None:
+        for _, on_serial in self._listeners:
+            if on_serial is not None:
+                on_serial(board, port, t, lines)
+
+    @property
+    def project_name(self) -> str:
+        project = self.backend.project_dir if self.backend is not None else self.opts.project
+        return project.resolve().name
+
+    def log_dir(self) -> Path:
+        """Where `l` (log to a file) writes: the build's output directory."""
+        if self.backend is not None:
+            with contextlib.suppress(FbuildError):
+                dirs = self.backend.output_dirs()
+                if dirs:
+                    return dirs[0] / ".fbuild" / "logs"
+        return Path.cwd() / ".fbuild" / "logs"
 
     def emit_threadsafe(self, ev: Event) -> None:
         aio = self._aio
         if aio is not None and aio.is_running():
-            aio.call_soon_threadsafe(self._emit, ev)
+            aio.call_soon_threadsafe(self.emit, ev)
         else:
-            self._emit(ev)
+            self.emit(ev)
 
     def update_symbolizer(self, layout: ValidatedLayout | None) -> None:
         """Point crash decoding at the ELF of what the boards now run."""
@@ -432,7 +475,12 @@ class WatchSession:
         if warning is not None:
             self.emit(Warned(message=warning))
 
+    @property
+    def log_path(self) -> Path | None:
+        return self._log_path
+
     def set_log_file(self, path: Path | None) -> None:
+        self._log_path = path
         for b in self.boards:
             if b.log_file is not None:
                 b.log_file.close()
@@ -520,6 +568,20 @@ class WatchSession:
         if self.project_lock is not None:
             self.project_lock.release()
             self.project_lock = None
+
+
+def open_session(
+    opts: SessionOptions,
+    *,
+    monitor_only: bool = False,
+    on_event: OnEvent | None = None,
+    on_serial: OnSerial | None = None,
+) -> WatchSession:
+    """A session set up for `watch` (or `monitor`): everything that can fail
+    with a clear error has, before any view opens."""
+    session = WatchSession(opts, on_event, on_serial)
+    session.setup(monitor_only=monitor_only)
+    return session
 
 
 def _resolve(fut: asyncio.Future[float], value: float) -> None:

@@ -26,10 +26,10 @@ from fbuild_watch.build.output import KEEP_LINES
 from fbuild_watch.config import load_config
 from fbuild_watch.errors import ConfigError
 from fbuild_watch.session import SessionOptions
-from fbuild_watch.tui.app import WatchApp
 from fbuild_watch.tui.widgets import BuildLog
 from tests.clikit import FBUILD, watch_json
 from tests.simkit import new_board
+from tests.tuikit import tui_app
 
 # A child that outlives its parent's interest: it prints its pid, then sleeps.
 SPAWN = (
@@ -281,7 +281,7 @@ async def test_tui_quits_at_once_during_a_flood(tmp_path: Path, monkeypatch) -> 
     monkeypatch.setenv("FBUILD_CACHE_DIR", str(tmp_path / "cache"))
     project = make_project(tmp_path / "p", flood_script(FLOOD_LINES))
     board = new_board()
-    app = WatchApp(SessionOptions(project=project, ports=[f"sim://{board.name}"]))
+    app = tui_app(SessionOptions(project=project, ports=[f"sim://{board.name}"]))
     async with app.run_test(size=(120, 40)) as pilot:
         while not any(e.type == "build_output" for e in app.events_seen):
             await pilot.pause(0.01)

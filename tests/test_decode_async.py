@@ -62,7 +62,8 @@ def test_feed_never_waits_for_the_index(tmp_path: Path, monkeypatch: pytest.Monk
     assert data["frames"][0]["symbol"] == "panic_abort"
     assert crashes.empty()  # one event for one panic
     assert det.ready
-    assert [f.function for f in det.addresses("handler at 0x40380698")] == ["panic_abort"]
+    notes = det.addresses("handler at 0x40380698")
+    assert [n.frames[0].function for n in notes] == ["panic_abort"]
 
 
 def test_indexed_in_a_child_process_and_cached_under_the_build_dir(

@@ -107,8 +107,8 @@ def test_every_code_address_in_a_line_and_no_data_pointer(c3: Symbolizer) -> Non
         f"I (42) app: handler 0x{panic_abort + 6:08x} queue 0x3fc8ea9c flash 0x42000000 "
         f"again 0x{panic_abort + 6:08X} len 0x00000010"
     )
-    frames = c3.addresses(line)
-    assert [(f.address, f.function) for f in frames] == [(panic_abort + 6, "panic_abort")]
+    notes = c3.addresses(line)
+    assert [(n.address, n.frames[0].function) for n in notes] == [(panic_abort + 6, "panic_abort")]
     assert c3.addresses("heap 0x3fc8ea9c, rodata 0x3c020120, mmio 0x60000000") == []
 
 

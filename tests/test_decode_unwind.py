@@ -45,16 +45,19 @@ def gdb_frames() -> list[tuple[int | None, str]]:
 
 def test_same_frames_as_gdb_on_a_real_core_dump(c3: Symbolizer) -> None:
     crash = decode_report(report_of(riscv_panic_text(ABORT, c3_core_dump())), c3)
-    got = [(f.address, f.function) for f in crash.frames]
+    got = [(f.address, f.function, f.origin) for f in crash.frames]
     expected = gdb_frames()
-    # gdb goes on through ROM (ets_vprintf, with the ROM ELF); the app ELF ends at it
-    in_app = expected[: next(i for i, (a, _n) in enumerate(expected) if a and a < 0x40380000)]
-    assert len(in_app) == 4
-    assert got == [(a if a is not None else 0x40380698, n) for a, n in in_app]
-    assert [f.source for f in crash.frames] == ["MEPC", "CFI", "CFI", "CFI"]
+    # gdb goes on through ROM (ets_vprintf, with the ROM ELF's unwind info):
+    # without it the first ROM frame is the last, its address unnamed
+    rom = next(i for i, (a, _n) in enumerate(expected) if a and a < 0x40380000)
+    assert rom == 4
+    app = [(a if a is not None else 0x40380698, n, "app") for a, n in expected[:rom]]
+    assert got == [*app, (expected[rom][0], None, "rom")]
+    assert [f.source for f in crash.frames] == ["MEPC", "CFI", "CFI", "CFI", "CFI"]
     # the crash site: abort's caller, fail_once
     assert [(f.address, f.function) for f in crash.sites] == [(0x42009351, "fail_once")]
     assert crash.decoded()[0] == "crash site 0x42009351: fail_once (abort)"
+    assert crash.decoded()[-1] == "0x400485e4: ?? [ROM] (CFI)"
 
 
 def test_stale_code_addresses_on_the_stack_are_never_frames(c3: Symbolizer) -> None:

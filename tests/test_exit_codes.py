@@ -17,8 +17,8 @@ import pytest
 from fbuild_watch.errors import RuntimeFailure
 from fbuild_watch.project_lock import ProjectLock, refuse_if_watched
 from fbuild_watch.session import SessionOptions
-from fbuild_watch.tui.app import WatchApp
 from tests.clikit import FBUILD, run_fbuild
+from tests.tuikit import tui_app
 
 MEMORY_BOARD = "sim://{name}?flash=&timing=instant"
 
@@ -110,7 +110,7 @@ async def test_ctrl_c_in_the_tui_is_130_like_the_line_modes(
 ) -> None:
     monkeypatch.setenv("FBUILD_CACHE_DIR", str(tmp_path / "cache"))
     project = failing_project(tmp_path / "p")
-    app = WatchApp(SessionOptions(project=project, ports=[MEMORY_BOARD.format(name="ec-tui")]))
+    app = tui_app(SessionOptions(project=project, ports=[MEMORY_BOARD.format(name="ec-tui")]))
     async with app.run_test(size=(120, 30)) as pilot:
         await pilot.pause(0.1)
         await pilot.press("ctrl+c")
@@ -123,7 +123,7 @@ async def test_quitting_the_tui_after_a_failed_build_is_1(
 ) -> None:
     monkeypatch.setenv("FBUILD_CACHE_DIR", str(tmp_path / "cache"))
     project = failing_project(tmp_path / "p")
-    app = WatchApp(SessionOptions(project=project, ports=[MEMORY_BOARD.format(name="ec-tui2")]))
+    app = tui_app(SessionOptions(project=project, ports=[MEMORY_BOARD.format(name="ec-tui2")]))
     async with app.run_test(size=(120, 30)) as pilot:
         for _ in range(200):
             if any(e.type == "build_finished" for e in app.events_seen):

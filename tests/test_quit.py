@@ -16,10 +16,10 @@ import pytest
 
 from fbuild_watch.session import SessionOptions
 from fbuild_watch.sim.board import VirtualBoard
-from fbuild_watch.tui.app import WatchApp
 from fbuild_watch.views.lines import LineMode
 from tests.simkit import new_board
 from tests.test_tui import events, example_project, log_text, status, wait_until, watch_app
+from tests.tuikit import RecordingApp
 
 
 def _held_board() -> VirtualBoard:
@@ -38,7 +38,7 @@ def _wait(cond: Callable[[], bool], timeout: float = 60.0) -> None:
         time.sleep(0.01)
 
 
-async def _until_exit(app: WatchApp, timeout: float = 30.0) -> None:
+async def _until_exit(app: RecordingApp, timeout: float = 30.0) -> None:
     import asyncio
 
     deadline = time.monotonic() + timeout

@@ -11,10 +11,10 @@ import pytest
 from fbuild_watch.events import Event
 from fbuild_watch.session import SessionOptions
 from fbuild_watch.sim.board import VirtualBoard
-from fbuild_watch.tui.app import WatchApp
 from fbuild_watch.tui.widgets import SerialLog, StatusLine
 from tests.examplekit import copy_example
 from tests.simkit import new_board
+from tests.tuikit import RecordingApp, tui_app
 
 
 async def wait_until(pilot, cond: Callable[[], bool], timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
@@ -28,16 +28,16 @@ async def wait_until(pilot, cond: Callable[[], bool], timeout: float = 20.0) -> 
 
 
 def events(
-    app: WatchApp, type_: str, pred: Callable[[Event], bool] = lambda e: True
+    app: RecordingApp, type_: str, pred: Callable[[Event], bool] = lambda e: True
 ) -> list[Event]:
     return [e for e in app.events_seen if e.type == type_ and pred(e)]
 
 
-def log_text(app: WatchApp, board: str) -> str:
+def log_text(app: RecordingApp, board: str) -> str:
     return "\n".join(app.query_one(f"#log-{board}", SerialLog).lines)
 
 
-def status(app: WatchApp) -> str:
+def status(app: RecordingApp) -> str:
     return str(app.query_one("#status", StatusLine).render())
 
 
@@ -49,8 +49,8 @@ def example_project(
     return copy_example(tmp_path / name)
 
 
-def watch_app(project: Path, board: VirtualBoard) -> WatchApp:
-    return WatchApp(SessionOptions(project=project, ports=[f"sim://{board.name}"]))
+def watch_app(project: Path, board: VirtualBoard) -> RecordingApp:
+    return tui_app(SessionOptions(project=project, ports=[f"sim://{board.name}"]))
 
 
 async def test_edit_build_deploy_and_keys(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -102,13 +102,13 @@ async def test_edit_build_deploy_and_keys(tmp_path: Path, monkeypatch) -> None: 
         # /: filter; letters typed there are not commands
         deploys = len(events(app, "deploy_finished"))
         await pilot.press("slash")
-        for ch in "counter":
+        for ch in "blink":  # an esp-idf-monitor print filter: the tag `blink`, every level
             await pilot.press(ch)
         await pilot.press("enter")
         await pilot.pause(0.1)
-        assert len(events(app, "deploy_finished")) == deploys  # the 'c', 'r', ... went into the box
+        assert len(events(app, "deploy_finished")) == deploys  # the 'b', 'l', ... went into the box
         lines = app.query_one(f"#log-{board.name}", SerialLog).lines
-        assert lines and all("counter" in ln for ln in lines)
+        assert lines and all(" blink: " in ln for ln in lines)
 
         # unplug: waiting for the board; the log resumes after re-plug
         board.unplug()
@@ -145,7 +145,7 @@ async def test_crash_is_decoded_to_main_c(tmp_path: Path, monkeypatch) -> None: 
 async def test_scroll_back_keeps_position_and_loses_nothing(tmp_path: Path) -> None:
     board = new_board()
     board.unplug()  # quiet: the lines below are the only ones
-    app = WatchApp(
+    app = tui_app(
         SessionOptions(project=tmp_path, ports=[f"sim://{board.name}"]), monitor_only=True
     )
     async with app.run_test(size=(100, 30)) as pilot:

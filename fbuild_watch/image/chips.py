@@ -6,9 +6,8 @@ new chips with it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-
-from esptool.targets import CHIP_DEFS
 
 from fbuild_watch.errors import ConfigError
 
@@ -18,15 +17,44 @@ class Chip:
     name: str  # esptool's lowercase name, e.g. "esp32c3"
     image_chip_id: int
     bootloader_offset: int
+    # Address windows the chip maps flash data (rodata) into, from esptool's
+    # MEMORY_MAP: the app descriptor is the start of the first segment loaded
+    # into one of them (what `esptool image-info` reads).
+    drom_ranges: tuple[tuple[int, int], ...] = ()
+    pretty_name: str = ""  # esptool's CHIP_NAME, e.g. "ESP32-C3"
+
+    def in_drom(self, addr: int) -> bool:
+        return any(lo <= addr < hi for lo, hi in self.drom_ranges)
 
 
-CHIPS: dict[str, Chip] = {
-    name: Chip(name, cls.IMAGE_CHIP_ID, cls.BOOTLOADER_FLASH_OFFSET)
-    for name, cls in CHIP_DEFS.items()
-    if name != "esp8266"  # no extended header, no chip id: not supported
-}
+def _drom_ranges(cls: type) -> tuple[tuple[int, int], ...]:
+    return tuple((lo, hi) for lo, hi, kind in cls.MEMORY_MAP if kind == "DROM")  # type: ignore[attr-defined]
 
-CHIP_BY_ID: dict[int, Chip] = {c.image_chip_id: c for c in CHIPS.values()}
+
+@functools.cache
+def chips() -> dict[str, Chip]:
+    """Every chip esptool knows, by name. Read on first use: esptool's
+    targets take ~70 ms to import, which the loop's start should not pay."""
+    from esptool.targets import CHIP_DEFS  # noqa: PLC0415
+
+    return {
+        name: Chip(
+            name,
+            cls.IMAGE_CHIP_ID,
+            cls.BOOTLOADER_FLASH_OFFSET,
+            _drom_ranges(cls),
+            cls.CHIP_NAME,
+        )
+        for name, cls in CHIP_DEFS.items()
+        if name != "esp8266"  # no extended header, no chip id: not supported
+    }
+
+
+@functools.cache
+def chip_by_id() -> dict[int, Chip]:
+    """By the image header's chip id."""
+    return {c.image_chip_id: c for c in chips().values()}
+
 
 # Upper nibble of image header byte 3 (esptool's ESP32ROM.FLASH_SIZES).
 FLASH_SIZE_BY_NIBBLE: dict[int, int] = {
@@ -50,9 +78,9 @@ def normalize_chip(name: str) -> Chip:
     """Accept esptool spellings ("ESP32-C3", "esp32c3") and return the chip."""
     key = name.lower().replace("-", "").replace("_", "")
     try:
-        return CHIPS[key]
+        return chips()[key]
     except KeyError:
-        known = ", ".join(sorted(CHIPS))
+        known = ", ".join(sorted(chips()))
         raise ConfigError(f"unknown chip {name!r} (known: {known})") from None
 
 

@@ -13,11 +13,8 @@ import io
 import struct
 from dataclasses import dataclass
 
-from esptool.bin_image import ESP32FirmwareImage
-from esptool.loader import ESPLoader
-
 from fbuild_watch.errors import ImageError
-from fbuild_watch.image.chips import CHIP_BY_ID, FLASH_SIZE_BY_NIBBLE
+from fbuild_watch.image.chips import FLASH_SIZE_BY_NIBBLE, chip_by_id
 
 ESP_IMAGE_MAGIC = 0xE9
 APP_DESC_MAGIC = 0xABCD5432
@@ -25,9 +22,8 @@ APP_DESC_MAGIC = 0xABCD5432
 # project_name[32], time[16], date[16], idf_ver[32], app_elf_sha256[32], ...
 _APP_DESC = struct.Struct("<II8s32s32s16s16s32s32s")
 MAX_SEGMENTS = 16
-
-# DROM windows where ESP-IDF places esp_app_desc_t (first DROM segment).
-_DROM_RANGES = ((0x3C000000, 0x3D000000), (0x3F400000, 0x3F800000))
+# min/max_chip_rev_full value meaning "no limit" (ESP-IDF's IS_FIELD_SET)
+REV_NOT_SET = (0, 0xFFFF)
 
 FLASH_MODES = {0: "qio", 1: "qout", 2: "dio", 3: "dout", 4: "fast-read", 5: "slow-read"}
 
@@ -69,11 +65,19 @@ class EspImage:
     sha256: str | None  # appended digest, hex, when hash_appended
     length: int  # bytes from header to end of digest (the meaningful part)
     app_desc: AppDescriptor | None
+    # Extended header: the chip revisions (major * 100 + minor) the image
+    # accepts; 0 / 0xFFFF mean no limit (esp_image_header_t).
+    min_rev_full: int = 0
+    max_rev_full: int = 0xFFFF
 
     @property
     def chip_name(self) -> str:
-        chip = CHIP_BY_ID.get(self.chip_id)
+        chip = chip_by_id().get(self.chip_id)
         return chip.name if chip else f"chip id {self.chip_id}"
+
+    @property
+    def max_rev_set(self) -> bool:
+        return self.max_rev_full not in REV_NOT_SET
 
 
 def _cstr(raw: bytes) -> str:
@@ -110,6 +114,10 @@ def parse_image(data: bytes, *, expect_chip_id: int | None = None) -> EspImage:
         raise ImageError(f"bad segment count {nseg} (1..{MAX_SEGMENTS})")
     if data[23] not in (0, 1):
         raise ImageError(f"bad hash_appended byte 0x{data[23]:02x} in extended header")
+    # esptool parses (imported here: the loop's start should not pay for it)
+    from esptool.bin_image import ESP32FirmwareImage  # noqa: PLC0415
+    from esptool.loader import ESPLoader  # noqa: PLC0415
+
     try:
         img = ESP32FirmwareImage(io.BytesIO(data))
     except Exception as exc:  # esptool raises FatalError, struct.error, ...
@@ -141,16 +149,19 @@ def parse_image(data: bytes, *, expect_chip_id: int | None = None) -> EspImage:
         length = _checksum_end(segments)
 
     if expect_chip_id is not None and img.chip_id != expect_chip_id:
-        got = CHIP_BY_ID.get(img.chip_id)
-        want = CHIP_BY_ID.get(expect_chip_id)
+        got = chip_by_id().get(img.chip_id)
+        want = chip_by_id().get(expect_chip_id)
         raise ImageError(
             f"image is for {got.name if got else f'chip id {img.chip_id}'}, "
             f"not {want.name if want else f'chip id {expect_chip_id}'}"
         )
 
+    # esptool image-info's rule: the first segment loaded into the chip's
+    # DROM window (its own memory map) starts with esp_app_desc_t.
     app_desc = None
+    chip = chip_by_id().get(img.chip_id)
     for seg in img.segments:
-        if any(lo <= seg.addr < hi for lo, hi in _DROM_RANGES):
+        if chip is not None and chip.in_drom(seg.addr):
             app_desc = parse_app_desc(seg.data)
             break
 
@@ -164,6 +175,8 @@ def parse_image(data: bytes, *, expect_chip_id: int | None = None) -> EspImage:
         sha256=digest_hex,
         length=length,
         app_desc=app_desc,
+        min_rev_full=img.min_rev_full,
+        max_rev_full=img.max_rev_full,
     )
 
 

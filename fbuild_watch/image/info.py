@@ -7,10 +7,19 @@ from typing import Any
 from fbuild_watch.errors import ImageError
 from fbuild_watch.image.chips import format_size
 from fbuild_watch.image.layout import FlashLayout, ValidatedLayout
+from fbuild_watch.image.settings import ResolvedFlash, resolve_flash
 
 
-def layout_report(layout: FlashLayout) -> tuple[dict[str, Any], ValidatedLayout | None]:
-    """Describe the layout and validate it; never raises for invalid images."""
+def _rev(full: int) -> str:
+    return f"v{full // 100}.{full % 100}"
+
+
+def layout_report(
+    layout: FlashLayout, flash: ResolvedFlash | None = None
+) -> tuple[dict[str, Any], ValidatedLayout | None]:
+    """Describe the layout and validate it; never raises for invalid images.
+    `flash`: the settings a deploy would use (default: what the layout's
+    build says, over the defaults)."""
     validated: ValidatedLayout | None = None
     error: str | None = None
     try:
@@ -25,6 +34,7 @@ def layout_report(layout: FlashLayout) -> tuple[dict[str, Any], ValidatedLayout 
             "size": r.size,
             "sha256": r.sha256,
             "file": str(r.source) if r.source else None,
+            "encrypted": r.offset in layout.settings.encrypted,
         }
         img = validated.images.get(r.name) if validated else None
         if img is not None:
@@ -37,6 +47,8 @@ def layout_report(layout: FlashLayout) -> tuple[dict[str, Any], ValidatedLayout 
                 ],
                 "checksum": img.checksum,
                 "appended_sha256": img.sha256,
+                "min_chip_rev": _rev(img.min_rev_full),
+                "max_chip_rev": _rev(img.max_rev_full) if img.max_rev_set else None,
             }
             if img.app_desc is not None:
                 entry["app_desc"] = img.app_desc.as_dict()
@@ -52,6 +64,7 @@ def layout_report(layout: FlashLayout) -> tuple[dict[str, Any], ValidatedLayout 
         "elf": str(layout.elf) if layout.elf else None,
         "valid": error is None,
         "error": error,
+        "flash_settings": (flash or resolve_flash(layout.settings, environ={})).as_dict(),
     }
     if validated and validated.partition_table:
         report["partitions"] = [p.as_dict() for p in validated.partition_table.partitions]
@@ -90,6 +103,18 @@ def render_text(report: dict[str, Any]) -> str:
             f"partition:  {p['label']:<12} {p['type']}/{p['subtype']:<8}"
             f" 0x{p['offset']:06x} {p['size']:>9} B"
         )
+    fs = report.get("flash_settings")
+    if fs:
+        stub = "stub allowed" if fs["stub"]["value"] else "no stub"
+        lines.append(
+            f"flashing:   before {fs['before']['value']}, after {fs['after']['value']}, {stub}, "
+            f"{fs['baud']['value']} baud"
+        )
+        secret = [r["name"] for r in report["regions"] if r.get("encrypted")]
+        if secret:
+            lines.append(f"encrypted:  {', '.join(secret)} (never written in plaintext)")
+        for warning in fs["warnings"]:
+            lines.append(f"warning:    {warning}")
     lines.append(f"image hash: {report['image_hash']}")
     lines.append("valid" if report["valid"] else f"INVALID: {report['error']}")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from fbuild_watch.image.chips import (
 )
 from fbuild_watch.image.esp_image import EspImage, parse_image
 from fbuild_watch.image.partitions import PartitionTable, parse_partition_table
+from fbuild_watch.image.settings import FlashSettings
 
 BOOTLOADER = "bootloader"
 PARTITION_TABLE = "partition-table"
@@ -81,6 +82,10 @@ class FlashLayout:
     flash_freq: str | None = None
     source: Path | None = None  # the file or directory it was loaded from
     elf: Path | None = None
+    # What the build system says about flashing (reset modes, stub, baud,
+    # port, encrypted regions...): its layer of the settings, see
+    # image/settings.py. Not part of image_hash: the bytes are the image.
+    settings: FlashSettings = field(default_factory=FlashSettings)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "chip", normalize_chip(self.chip).name)
@@ -167,6 +172,14 @@ class ValidatedLayout:
     @property
     def app_image(self) -> EspImage | None:
         return self.images.get(APP)
+
+    @property
+    def settings(self) -> FlashSettings:
+        return self.layout.settings
+
+    def encrypted_regions(self) -> list[Region]:
+        """Regions the build marks to be written encrypted (never in plaintext)."""
+        return [r for r in self.layout.regions if r.offset in self.layout.settings.encrypted]
 
 
 def _describe_apps(table: PartitionTable) -> str:

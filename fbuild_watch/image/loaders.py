@@ -8,25 +8,46 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from collections.abc import Iterable, Sequence
-from pathlib import Path
+from dataclasses import replace
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from fbuild_watch.errors import ImageError
+from fbuild_watch.errors import ConfigError, ImageError
 from fbuild_watch.image.chips import (
-    CHIP_BY_ID,
     DEFAULT_APP_OFFSET,
     OTADATA_OFFSET,
     PARTITION_TABLE_OFFSET,
     Chip,
+    chip_by_id,
     format_size,
     normalize_chip,
     parse_flash_size,
 )
 from fbuild_watch.image.layout import APP, BOOTLOADER, OTADATA, PARTITION_TABLE, FlashLayout, Region
+from fbuild_watch.image.settings import FlashSettings, reset_mode
 
-_FLASHER_ARGS_KINDS = (BOOTLOADER, APP, PARTITION_TABLE, OTADATA)
+
+class LayoutFileError(ImageError):
+    """A build system's file that is there but malformed (a bad field, bad
+    JSON): a configuration error, exit status 2. Missing build outputs stay
+    plain ImageErrors (exit 1: run the build first)."""
+
+    exit_code = 2
+
+
+# flasher_args.json entry names -> our region names ("partition_table" is
+# how ESP-IDF <= 4.3 spelled it)
+_ENTRY_NAMES = {
+    "bootloader": BOOTLOADER,
+    "app": APP,
+    "partition-table": PARTITION_TABLE,
+    "partition_table": PARTITION_TABLE,
+    "otadata": OTADATA,
+}
+_FLASHER_ARGS_FIELDS = ("write_flash_args", "flash_settings", "flash_files", "extra_esptool_args")
 
 
 # No ESP flash image is larger than the flash; when the layout does not say
@@ -76,27 +97,56 @@ def _read(path: Path, *, what: str, flash_size: int | None = None) -> bytes:
     return read_regular(path, what=what, limit=flash_size or MAX_IMAGE_BYTES, why=why)
 
 
-def _load_json(path: Path) -> Any:
-    raw = read_regular(path, what="layout", limit=MAX_JSON_BYTES)
+def load_json(path: Path, *, what: str = "layout") -> Any:
+    raw = read_regular(path, what=what, limit=MAX_JSON_BYTES)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ImageError(f"cannot read: {exc}", source=path) from None
+        raise LayoutFileError(f"cannot read: {exc}", source=path) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ImageError(f"malformed JSON at line {exc.lineno}: {exc.msg}", source=path) from None
+        raise LayoutFileError(
+            f"malformed JSON at line {exc.lineno}: {exc.msg}", source=path
+        ) from None
 
 
-def _parse_offset(value: object, *, source: Path) -> int:
+_load_json = load_json
+
+
+def _parse_offset(value: object, *, source: Path, field: str = "") -> int:
     try:
-        if isinstance(value, int):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
         if isinstance(value, str):
-            return int(value, 0)
+            number = int(value, 0)
+            if number >= 0:
+                return number
     except ValueError:
         pass
-    raise ImageError(f"bad flash offset {value!r}", source=source)
+    where = f"{field}: " if field else ""
+    raise LayoutFileError(f"{where}bad flash offset {value!r}", source=source)
+
+
+def local_file(text: str, base: Path) -> Path:
+    """A path a build system wrote, as a file on this machine. Relative
+    paths are relative to `base`. PlatformIO's idedata.json holds absolute
+    paths of the machine that built it (a Windows path, a container's
+    /project): when that file is not here but one of the same name is in
+    `base`, that one is meant (the project was moved or built elsewhere)."""
+    windows = "\\" in text or re.match(r"^[A-Za-z]:[/\\]", text) is not None
+    name = (PureWindowsPath(text) if windows else PurePosixPath(text)).name
+    if not windows:
+        path = Path(text)
+        path = path if path.is_absolute() else base / path
+        if path.exists():
+            return path
+    moved = base / name
+    if name and moved.exists():
+        return moved
+    # a Windows path cannot be a file here: the same name in `base` is the
+    # best the errors can name
+    return moved if windows and name else path
 
 
 def _chip_from_images(regions: Iterable[Region]) -> Chip | None:
@@ -104,8 +154,8 @@ def _chip_from_images(regions: Iterable[Region]) -> Chip | None:
     for r in regions:
         if len(r.data) >= 24 and r.data[0] == 0xE9:
             chip_id = int.from_bytes(r.data[12:14], "little")
-            if chip_id in CHIP_BY_ID:
-                return CHIP_BY_ID[chip_id]
+            if chip_id in chip_by_id():
+                return chip_by_id()[chip_id]
     return None
 
 
@@ -119,36 +169,121 @@ def _resolve_chip(chip: str | None, regions: Sequence[Region], source: Path) -> 
 
 
 def load_flasher_args(path: Path, *, chip: str | None = None) -> FlashLayout:
-    """ESP-IDF `build/flasher_args.json`; file paths are relative to it."""
+    """ESP-IDF `build/flasher_args.json`; file paths are relative to it.
+    The layout carries the build's flashing settings: `extra_esptool_args`
+    (before, after, stub, chip) and the regions marked `"encrypted": "true"`."""
     path = Path(path)
     doc = _load_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("flash_files"), dict):
-        raise ImageError("no 'flash_files' object (not an ESP-IDF flasher_args.json?)", source=path)
+        raise LayoutFileError(
+            "no 'flash_files' object (not an ESP-IDF flasher_args.json?)", source=path
+        )
     base = path.parent
     settings = doc.get("flash_settings") or {}
-    flash_size = parse_flash_size(str(settings.get("flash_size", "detect")))
+    if not isinstance(settings, dict):
+        raise LayoutFileError("flash_settings must be an object", source=path)
+    size_text = settings.get("flash_size", "detect")
+    flash_size = _flash_size(size_text, path, "flash_settings.flash_size")
+    flash_mode = _opt_str(settings, "flash_mode", path, "flash_settings")
+    flash_freq = _opt_str(settings, "flash_freq", path, "flash_settings")
+
     names: dict[int, str] = {}
-    for kind in _FLASHER_ARGS_KINDS:
-        entry = doc.get(kind)
+    encrypted: set[int] = set()
+    warnings: list[str] = []
+    for key, entry in doc.items():
+        if key in _FLASHER_ARGS_FIELDS:
+            continue
         if isinstance(entry, dict) and "offset" in entry:
-            names[_parse_offset(entry["offset"], source=path)] = kind
+            offset = _parse_offset(entry["offset"], source=path, field=f"{key}.offset")
+            names[offset] = _ENTRY_NAMES.get(str(key), str(key))
+            flag = entry.get("encrypted", "false")
+            if flag in ("true", True):
+                encrypted.add(offset)
+            elif flag not in ("false", False):
+                raise LayoutFileError(
+                    f'{key}.encrypted must be "true" or "false", got {flag!r}', source=path
+                )
+        elif key.startswith("encrypted-") and isinstance(entry, dict):
+            # an offset -> file section of an encrypted-* flash target:
+            # everything in it is written encrypted
+            for off_text in entry:
+                encrypted.add(_parse_offset(off_text, source=path, field=f"{key}[{off_text!r}]"))
+        else:
+            warnings.append(f"{path}: field '{key}' is not known to fbuild; ignored")
+
     regions = []
     for off_text, rel in doc["flash_files"].items():
-        offset = _parse_offset(off_text, source=path)
-        if not isinstance(rel, str):
-            raise ImageError(f"flash_files[{off_text!r}] is not a path", source=path)
+        offset = _parse_offset(off_text, source=path, field=f"flash_files[{off_text!r}]")
+        if not isinstance(rel, str) or not rel:
+            raise LayoutFileError(f"flash_files[{off_text!r}] is not a path", source=path)
         file = base / rel
         name = names.get(offset, f"extra@0x{offset:x}")
         regions.append(Region(name, offset, _read(file, what=name, flash_size=flash_size), file))
-    extra = doc.get("extra_esptool_args") or {}
+    layered = _extra_esptool_args(doc.get("extra_esptool_args"), path)
+    if encrypted:
+        layered = replace(
+            layered,
+            encrypted=frozenset(encrypted),
+            origins=(*layered.origins, ("encrypted", f'{path} "encrypted": "true" entries')),
+        )
+    layered = replace(layered, warnings=(*layered.warnings, *warnings))
     return FlashLayout(
-        chip=_resolve_chip(chip or extra.get("chip"), regions, path),
+        chip=_resolve_chip(chip or layered.chip, regions, path),
         regions=tuple(regions),
-        flash_mode=settings.get("flash_mode"),
+        flash_mode=flash_mode,
         flash_size=flash_size,
-        flash_freq=settings.get("flash_freq"),
+        flash_freq=flash_freq,
         source=path,
+        settings=layered,
     )
+
+
+def _extra_esptool_args(extra: object, path: Path) -> FlashSettings:
+    """`extra_esptool_args` {after, before, stub, chip} (ESP-IDF >= 4.2):
+    what `idf.py flash` passes to esptool besides the files."""
+    if extra is None:
+        return FlashSettings()
+    field = "extra_esptool_args"
+    if not isinstance(extra, dict):
+        raise LayoutFileError(f"{field} must be an object", source=path)
+    values: dict[str, Any] = {}
+    origins: list[tuple[str, str]] = []
+    warnings: list[str] = []
+    for key, value in extra.items():
+        where = f"{field}.{key}"
+        try:
+            if key in ("before", "after"):
+                values[key] = reset_mode(value, kind=key, where=where)
+            elif key == "stub":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{where} must be true or false, got {value!r}")
+                values[key] = value
+            elif key == "chip":
+                if not isinstance(value, str):
+                    raise ConfigError(f"{where} must be a string, got {value!r}")
+                values[key] = normalize_chip(value).name
+            else:
+                warnings.append(f"{path}: {where} is not supported by fbuild; ignored")
+                continue
+        except ConfigError as exc:
+            problem = exc.problem if exc.problem.startswith(where) else f"{where}: {exc.problem}"
+            raise LayoutFileError(problem, source=path) from None
+        origins.append((key, f"{path} {where}"))
+    return FlashSettings(**values, warnings=tuple(warnings), origins=tuple(origins))
+
+
+def _flash_size(value: object, path: Path, field: str) -> int | None:
+    try:
+        return parse_flash_size(str(value))
+    except ConfigError as exc:
+        raise LayoutFileError(f"{field}: {exc.problem}", source=path) from None
+
+
+def _opt_str(doc: dict[str, Any], key: str, path: Path, section: str) -> str | None:
+    value = doc.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise LayoutFileError(f"{section}.{key} must be a string, got {value!r}", source=path)
 
 
 def _name_for_file(file: Path, offset: int, app_offset: int | None) -> str:
@@ -165,26 +300,41 @@ def _name_for_file(file: Path, offset: int, app_offset: int | None) -> str:
 
 
 def load_idedata(path: Path, *, chip: str | None = None) -> FlashLayout:
-    """PlatformIO `idedata.json` (`pio run -t idedata`)."""
+    """PlatformIO `idedata.json` (`pio run -t idedata`): `extra.flash_images`
+    (bootloader, partitions, boot_app0 and any extra images) and the app at
+    `extra.application_offset`."""
     path = Path(path)
     doc = _load_json(path)
     extra = doc.get("extra") if isinstance(doc, dict) else None
     prog = doc.get("prog_path") if isinstance(doc, dict) else None
     if not isinstance(extra, dict) or not isinstance(prog, str):
-        raise ImageError("no 'extra' / 'prog_path' (not a PlatformIO idedata.json?)", source=path)
-    app_offset = _parse_offset(extra.get("application_offset", DEFAULT_APP_OFFSET), source=path)
+        raise LayoutFileError(
+            "no 'extra' / 'prog_path' (not a PlatformIO idedata.json?)", source=path
+        )
+    app_offset = _parse_offset(
+        extra.get("application_offset", DEFAULT_APP_OFFSET),
+        source=path,
+        field="extra.application_offset",
+    )
+    images = extra.get("flash_images")
+    images = [] if images is None else images
+    if not isinstance(images, list):
+        raise LayoutFileError("extra.flash_images must be a list", source=path)
     regions: list[Region] = []
-    for item in extra.get("flash_images") or []:
+    for i, item in enumerate(images):
         if not isinstance(item, dict) or "offset" not in item or "path" not in item:
-            raise ImageError("flash_images entries need 'offset' and 'path'", source=path)
-        offset = _parse_offset(item["offset"], source=path)
-        file = Path(item["path"])
-        if not file.is_absolute():
-            file = path.parent / file
+            raise LayoutFileError(f"extra.flash_images[{i}] needs 'offset' and 'path'", source=path)
+        if not isinstance(item["path"], str):
+            raise LayoutFileError(f"extra.flash_images[{i}].path must be a string", source=path)
+        offset = _parse_offset(item["offset"], source=path, field=f"extra.flash_images[{i}].offset")
+        file = local_file(item["path"], path.parent)
         name = _name_for_file(file, offset, app_offset)
         regions.append(Region(name, offset, _read(file, what=name), file))
-    elf = Path(prog)
-    app_bin = elf.with_suffix(".bin")
+    elf = local_file(prog, path.parent)
+    stem, dot, ext = prog.rpartition(".")
+    app_bin = local_file(
+        (stem if dot and not re.search(r"[/\\]", ext) else prog) + ".bin", path.parent
+    )
     regions.append(Region(APP, app_offset, _read(app_bin, what=APP), app_bin))
     return FlashLayout(
         chip=_resolve_chip(chip, regions, path),
@@ -194,10 +344,62 @@ def load_idedata(path: Path, *, chip: str | None = None) -> FlashLayout:
     )
 
 
+def parse_flash_args(text: str, *, source: Path) -> tuple[list[str], list[tuple[int, str]]]:
+    """An esptool argument file as ESP-IDF and arduino-esp32 write them
+    (`flash_args`): (the options, the (offset, file) pairs)."""
+    tokens = text.split()
+    options: list[str] = []
+    pairs: list[tuple[int, str]] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.startswith("-"):
+            options.append(tok)
+            if tok.replace("_", "-") in _VALUED_WRITE_OPTIONS and i + 1 < len(tokens):
+                i += 1
+                options.append(tokens[i])
+        else:
+            if i + 1 >= len(tokens):
+                raise LayoutFileError(f"offset {tok} has no file", source=source)
+            pairs.append((_parse_offset(tok, source=source), tokens[i + 1]))
+            i += 1
+        i += 1
+    return options, pairs
+
+
+_VALUED_WRITE_OPTIONS = ("--flash-mode", "--flash-freq", "--flash-size", "-fm", "-ff", "-fs")
+
+
+def _write_option(options: list[str], *names: str) -> str | None:
+    for i, tok in enumerate(options[:-1]):
+        if tok.replace("_", "-") in names:
+            return options[i + 1]
+    return None
+
+
+def _arduino_name(file: str) -> str | None:
+    name = file.lower()
+    if name.endswith("bootloader.bin"):
+        return BOOTLOADER
+    if name.endswith(".partitions.bin") or name.endswith("partitions.bin"):
+        return PARTITION_TABLE
+    if name == "boot_app0.bin" or "ota_data" in name:
+        return OTADATA
+    if name.endswith(".ino.bin") or name.endswith(".cpp.bin"):
+        return APP
+    return None
+
+
 def load_arduino_dir(build_dir: Path, *, chip: str | None = None) -> FlashLayout:
-    """arduino-cli `--build-path`: `X.ino.bin`, `X.ino.bootloader.bin`,
-    `X.ino.partitions.bin` and `boot_app0.bin` when present."""
+    """An arduino-cli `--build-path` or an exported build (`build/<fqbn>/`,
+    `--export-binaries`, Arduino IDE's "Export compiled binary"). The
+    build's own `flash_args` (arduino-esp32 >= 3) is the layout when it is
+    there, extra images (tinyuf2, models) included; otherwise `X.ino.bin`,
+    `X.ino.bootloader.bin`, `X.ino.partitions.bin` and `boot_app0.bin`."""
     build_dir = Path(build_dir)
+    flash_args = build_dir / "flash_args"
+    if flash_args.is_file():
+        return _arduino_from_flash_args(flash_args, chip)
     apps = sorted(
         p
         for p in build_dir.glob("*.ino.bin")
@@ -229,6 +431,38 @@ def load_arduino_dir(build_dir: Path, *, chip: str | None = None) -> FlashLayout
         regions=tuple(regions),
         source=build_dir,
         elf=elf if elf.exists() else None,
+    )
+
+
+def _arduino_from_flash_args(path: Path, chip: str | None) -> FlashLayout:
+    try:
+        text = read_regular(path, what="flash_args", limit=MAX_JSON_BYTES).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LayoutFileError(f"cannot read: {exc}", source=path) from None
+    options, pairs = parse_flash_args(text, source=path)
+    if not pairs:
+        raise LayoutFileError("no 'offset file' pairs", source=path)
+    size_text = _write_option(options, "--flash-size", "-fs")
+    flash_size = _flash_size(size_text or "keep", path, "--flash-size")
+    regions: list[Region] = []
+    app: Path | None = None
+    for offset, rel in pairs:
+        file = path.parent / rel
+        name = _arduino_name(rel) or f"extra@0x{offset:x}"
+        if name == APP:
+            app = file
+        if any(r.name == name for r in regions):
+            name = f"{name}@0x{offset:x}"
+        regions.append(Region(name, offset, _read(file, what=name, flash_size=flash_size), file))
+    elf = app.with_suffix(".elf") if app is not None else None
+    return FlashLayout(
+        chip=_resolve_chip(chip, regions, path),
+        regions=tuple(regions),
+        flash_mode=_write_option(options, "--flash-mode", "-fm"),
+        flash_size=flash_size,
+        flash_freq=_write_option(options, "--flash-freq", "-ff"),
+        source=path.parent,
+        elf=elf if elf is not None and elf.exists() else None,
     )
 
 
@@ -275,9 +509,23 @@ def find_layout_file(path: Path) -> Path:
     for d in (path, path / "build"):
         if d.is_dir() and any(d.glob("*.ino.bin")):
             return d
+    # `idf.py -B DIR` build dirs and Arduino exports (build/<vendor.arch.board>/)
+    found = sorted(
+        p.parent
+        for p in [*path.glob("*/flasher_args.json"), *path.glob("build/*/*.ino.bin")]
+        if not p.parent.name.startswith(".")
+    )
+    found = sorted(set(found))
+    if len(found) == 1:
+        only = found[0]
+        return only / "flasher_args.json" if (only / "flasher_args.json").is_file() else only
+    if len(found) > 1:
+        names = ", ".join(str(f.relative_to(path)) for f in found)
+        raise ImageError(f"several flash layouts found ({names}); name one", source=path)
     raise ImageError(
         "no flash layout found (looked for flasher_args.json, build/flasher_args.json, "
-        "idedata.json, .pio/build/*/idedata.json and *.ino.bin)",
+        "idedata.json, .pio/build/*/idedata.json, *.ino.bin, */flasher_args.json and "
+        "build/*/*.ino.bin)",
         source=path,
     )
 

@@ -17,8 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from fbuild_watch.errors import ConfigError
+from fbuild_watch.watch.state import LNK_SUFFIX
 
-LNK_SUFFIX = ".lnk"
+__all__ = [
+    "EXTRACT_KINDS",
+    "LNK_SUFFIX",
+    "MAX_LNK_BYTES",
+    "Pointer",
+    "dump_pointer",
+    "parse_pointer",
+]
+
 EXTRACT_KINDS = ("file", "zip", "tar.gz")
 MAX_LNK_BYTES = 64 * 1024  # a pointer is tiny; anything bigger is not one
 _HEX64 = re.compile(r"[0-9a-f]{64}")

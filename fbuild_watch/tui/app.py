@@ -14,6 +14,7 @@ from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.css.query import NoMatches
+from textual.message import Message
 from textual.widgets import Footer, Input, Log, TabbedContent, TabPane
 from textual.worker import Worker
 
@@ -37,9 +38,9 @@ from fbuild_watch.events import (
     Warned,
 )
 from fbuild_watch.failures import one_line
-from fbuild_watch.session import SessionOptions, WatchSession
 from fbuild_watch.termsafe import terminal_safe_lines
 from fbuild_watch.tui.filters import compile_filter
+from fbuild_watch.tui.session_api import SessionAPI
 from fbuild_watch.tui.widgets import BuildLog, SerialLog, StatusLine
 from fbuild_watch.views.lines import human
 
@@ -65,8 +66,16 @@ def _bar(done: int | None, total: int | None, width: int = 10) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + f"] {done * 100 // total}%"
 
 
+class SessionEvent(Message):
+    """A session event, delivered as a Textual message (thread-safe)."""
+
+    def __init__(self, event: Event) -> None:
+        super().__init__()
+        self.event = event
+
+
 class WatchApp(App[int]):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # also for subclasses elsewhere
     TITLE = "fbuild watch"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("f", "command('full-flash')", "full flash", priority=True),
@@ -89,11 +98,11 @@ class WatchApp(App[int]):
         "ctrl+r": "reset",
     }
 
-    def __init__(self, opts: SessionOptions, *, monitor_only: bool = False) -> None:
+    def __init__(self, session: SessionAPI, *, monitor_only: bool = False) -> None:
+        """`session` is set up (its errors came before the screen opened)."""
         super().__init__()
-        self.opts = opts
-        self.session = WatchSession(opts, self._on_event, self._on_serial)
-        self.session.setup(monitor_only=monitor_only)  # errors surface before the screen opens
+        self.session = session
+        session.listen(self._post_event, self._on_serial)
         self.monitor_only = monitor_only
         self._pending: collections.deque[tuple[str, float, list[str]]] = collections.deque()
         # per board: arrival times and lines, kept apart so that the history
@@ -103,19 +112,17 @@ class WatchApp(App[int]):
         self._filter: Any = None
         self._chord_pending = False
         self._quitting = False
+        self._left = False  # _leave ran: the exit status is decided
         self._interrupted = False  # Ctrl+C: exit status 130, as in the line modes
         self._problems: dict[str, str] = {}  # part -> message (failure model)
         self.exit_report: list[str] = []  # printed after the screen is restored
-        self._log_path: Path | None = opts.log_file
+        self._log_path: Path | None = session.log_path
         self._state = "starting"
         self._outcomes: dict[str, str] = {}
         self._timings = ""
         self._progress = ""  # the build's, on the status line
         self._ports: dict[str, PortState] = {}  # board -> from PortChanged events
-        # for tests and benchmarks; bounded (a build flood is ~200 events/s)
-        self.events_seen: collections.deque[Event] = collections.deque(maxlen=20_000)
-        self.commands_seen: list[str] = []
-        self.lines_shown = 0
+        self.lines_shown = 0  # serial lines rendered (the flood benchmark reads it)
 
     # -- layout ------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -125,7 +132,10 @@ class WatchApp(App[int]):
             for b in self.session.boards:
                 with TabPane(b.label, id=f"tab-{b.label}"):
                     yield SerialLog(id=f"log-{b.label}", max_lines=MAX_PANE_LINES, auto_scroll=True)
-        hint = "filter: text, /regex/ or tag:level (e.g. wifi:W *:E); Enter applies, Esc closes"
+        hint = (
+            'filter: tag:level as esp-idf-monitor (wifi:W *:E), /regex/ or "text"; '
+            "Enter applies, Esc closes"
+        )
         yield Input(placeholder=hint, id="filter")
         yield Footer()
 
@@ -197,8 +207,13 @@ class WatchApp(App[int]):
         except Exception:
             return None
 
+    def _post_event(self, ev: Event) -> None:
+        self.post_message(SessionEvent(ev))
+
+    def on_session_event(self, message: SessionEvent) -> None:
+        self._on_event(message.event)
+
     def _on_event(self, ev: Event) -> None:
-        self.events_seen.append(ev)
         try:
             build = self.query_one("#build", Log)
         except NoMatches:  # the screen is gone (quitting): nothing left to draw
@@ -256,11 +271,10 @@ class WatchApp(App[int]):
                     log.write_lines([f"  => crash decoded: {crash.reason}", *lines])
             case PortChanged(board=board, state=state):
                 self._ports[board] = state
-                self._outcomes[board] = (
-                    "waiting for the board"
-                    if state == PortState.WAITING
-                    else self._outcomes.get(board, "")
-                )
+                if state == PortState.WAITING:
+                    self._outcomes[board] = "waiting for the board"
+                elif self._outcomes.get(board) == "waiting for the board":
+                    del self._outcomes[board]  # back: the status shows "-" until a deploy
             case Paused():
                 self._state = "paused"
             case Resumed():
@@ -284,21 +298,19 @@ class WatchApp(App[int]):
 
     def _render_status(self) -> None:
         boards = "  ".join(
-            f"[b]{escape(b.label)}[/b] {escape(b.info.url)} "
+            f"[b]{escape(b.label)}[/b] {escape(b.url)} "
             f"({self._ports.get(b.label, PortState.CLOSED)}): "
             + escape(self._outcomes.get(b.label, "-"))
             for b in self.session.boards
         )
-        project = self.session.backend.project_dir.name if self.session.backend else "?"
+        project = escape(self.session.project_name)
         extras = []
         if self._timestamps:
             extras.append("timestamps")
         if self._filter is not None:
             extras.append("filtered")
         if self._log_path is not None:
-            broken = [
-                b.log_file.failed for b in self.session.boards if b.log_file and b.log_file.failed
-            ]
+            broken = [b.log_failed for b in self.session.boards if b.log_failed]
             extras.append(
                 f"log file off: {broken[0]}" if broken else f"logging to {self._log_path}"
             )
@@ -313,7 +325,6 @@ class WatchApp(App[int]):
     # -- keys ------------------------------------------------------------------------
     def action_command(self, name: str) -> None:
         self._chord_pending = False
-        self.commands_seen.append(name)
         self.session.command(name)
 
     def action_chord(self) -> None:
@@ -337,7 +348,6 @@ class WatchApp(App[int]):
             self._chord_pending = False
             if event.key in self.CHORDS:
                 event.stop()
-                self.commands_seen.append(self.CHORDS[event.key])
                 self.session.command(self.CHORDS[event.key])
 
     def action_toggle_timestamps(self) -> None:
@@ -355,12 +365,7 @@ class WatchApp(App[int]):
 
     def action_toggle_log_file(self) -> None:
         if self._log_path is None:
-            base = (
-                self.session.backend.output_dirs()[0]
-                if self.session.backend and self.session.backend.output_dirs()
-                else Path.cwd()
-            )
-            self._log_path = base / ".fbuild" / "logs" / time.strftime("monitor-%Y%m%d-%H%M%S.log")
+            self._log_path = self.session.log_dir() / time.strftime("monitor-%Y%m%d-%H%M%S.log")
             self.session.set_log_file(self._log_path)
             self.notify(f"logging every byte to {self._log_path}")
         else:
@@ -421,7 +426,10 @@ class WatchApp(App[int]):
     def _leave(self) -> None:
         """Exit with the contract's status (README, "Exit status"): 130
         after Ctrl+C, 1 when the run failed (said after the screen is gone),
-        else 0."""
+        else 0. Once: the quit key and the session's end both lead here."""
+        if self._left:
+            return
+        self._left = True
         if self._interrupted:
             self.exit(130)
             return

@@ -16,13 +16,16 @@ import os
 import stat
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fbuild_watch.fsutil import atomic_write
-from fbuild_watch.lnk.format import LNK_SUFFIX
 from fbuild_watch.watch.ignore import IgnoreRules
+
+# Resource pointers (`.lnk`, fbuild_watch/lnk/format.py) are found by this
+# suffix; the watch layer sits below lnk/, so the constant lives here.
+LNK_SUFFIX = ".lnk"
 
 # mtime_ns, size, inode, 16-byte digest in one bytes object: ~73 bytes per
 # file instead of ~300 for a tuple of Python ints and bytes.
@@ -102,6 +105,24 @@ class WatchSet:
     @property
     def fingerprint(self) -> str:
         return f"{self._fp:064x}"
+
+    def fingerprint_with(self, digests: Mapping[str, bytes | None]) -> str:
+        """The fingerprint of the tree as if each file in `digests` (a
+        project-relative path) had that content digest, None meaning absent,
+        whether or not it is watched. A build is recorded with the settings
+        files its backend was made from (`Backend.settings_digests()`), not
+        with what they hold on disk now: a malformed fbuild.toml that the
+        loop could not load is never recorded as built, and an edit to one
+        outside the watch paths still makes the next start rebuild."""
+        with self._lock:
+            fp = self._fp
+            for rel, digest in digests.items():
+                rec = self._files.get(rel)
+                if rec is not None:
+                    fp ^= _entry_hash(rel, _REC.unpack(rec)[3])
+                if digest is not None:
+                    fp ^= _entry_hash(rel, digest)
+        return f"{fp:064x}"
 
     # -- scanning ---------------------------------------------------------------
     def _rel(self, abspath: str) -> str | None:
