@@ -88,7 +88,9 @@ class Soak:
     failure: SoakFailure | None = None  # found inside an event callback
     lines_seen: int = 0  # serial lines the views were handed
 
-    def on_serial(self, _board: str, _port: str, _t: float, lines: list[str]) -> None:
+    def on_serial(
+        self, _board: str, _port: str, _t: float, lines: list[str], _notes: object = ()
+    ) -> None:
         self.lines_seen += len(lines)
 
     # -- events -----------------------------------------------------------------

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import faulthandler
 import json
+import math
 import signal
 import sys
 from collections.abc import Sequence
@@ -190,6 +191,12 @@ def _session_options(args: argparse.Namespace) -> SessionOptions:
         elf=Path(args.elf) if args.elf else None,
         fqbn=getattr(args, "fqbn", None),
         build_on_start=True if getattr(args, "build", False) else None,
+        print_filter=args.print_filter,
+        timestamps=args.timestamps,
+        timestamp_format=args.timestamp_format,
+        eol=args.eol,
+        reset_on_attach=not getattr(args, "no_reset", True),
+        wait_place=args.wait_place,
     )
 
 
@@ -396,7 +403,35 @@ def build_parser() -> argparse.ArgumentParser:
     def board_options(p: argparse.ArgumentParser) -> None:
         port_options(p)
         p.add_argument(
-            "--monitor-baud", type=int, default=115200, help="the app's console baud (115200)"
+            "--monitor-baud",
+            type=int,
+            help="the app's console baud (default: the project's: ESP-IDF's console baud, "
+            "PlatformIO's monitor_speed, [monitor] baud; else 115200)",
+        )
+        p.add_argument(
+            "--print-filter",
+            metavar="SPEC",
+            help="show only matching lines: esp-idf-monitor's tag:level specs (wifi:W *:E), "
+            '/regex/ or "text"',
+        )
+        p.add_argument("--timestamps", action="store_true", help="prefix each line with its time")
+        p.add_argument(
+            "--timestamp-format",
+            metavar="FMT",
+            help="strftime format of --timestamps (%%3f: milliseconds; default %%H:%%M:%%S.%%3f)",
+        )
+        p.add_argument(
+            "--eol",
+            choices=["CR", "LF", "CRLF"],
+            help="what ends a line sent to the board (default: the project's, else CR)",
+        )
+        p.add_argument(
+            "--wait-place",
+            nargs="?",
+            const=math.inf,
+            type=float,
+            metavar="S",
+            help="labgrid://PLACE held by someone else: wait for it (S seconds; forever)",
         )
         p.add_argument("--elf", help="ELF for crash decoding (default: the build's)")
         p.add_argument(
@@ -452,6 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     board_options(monitor)
+    monitor.add_argument(
+        "--no-reset",
+        action="store_true",
+        help="do not reset the board on attach (esp-idf-monitor resets it, for the boot log)",
+    )
     monitor.add_argument(
         "--until", metavar="REGEX", help="exit 0 when a line matches (1 on --timeout)"
     )

@@ -10,12 +10,15 @@ form, whose field names are a public schema (README.md, "JSON events";
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:  # types only: importing the events must stay cheap
     from fbuild_watch.build.runner import BuildResult
+    from fbuild_watch.crash.coredump import CoreDumpReport
+    from fbuild_watch.crash.frames import AddressNote
     from fbuild_watch.decode import Crash
     from fbuild_watch.deploy.outcome import DeployOutcome
 
@@ -42,6 +45,8 @@ class Command(StrEnum):
     APP_FLASH = "app-flash"
     PAUSE = "pause"
     RESET = "reset"
+    SEND = "send"  # "send TEXT": a line to the app's console
+    BOOTLOADER = "bootloader"  # hold the board in its ROM loader (Ctrl+T Ctrl+P)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,11 +119,13 @@ class SessionStarted(Event):
     type: ClassVar[str] = "session_started"
     project: str
     boards: tuple[BoardRef, ...]
+    monitor: dict[str, Any] = field(default_factory=dict)  # each setting: {value, from}
 
     def fields(self) -> dict[str, Any]:
         return {
             "project": self.project,
             "boards": [{"board": b.board, "port": b.port} for b in self.boards],
+            "monitor": self.monitor,
         }
 
 
@@ -280,11 +287,44 @@ class CrashDecoded(BoardEvent):
         return {"port": self.port, "board": self.board, **self.crash.as_event_data()}
 
 
-def serial_line_json(board: str, port: str, text: str, t: float) -> dict[str, Any]:
+@dataclass(frozen=True, kw_only=True)
+class CoreDumpDecoded(BoardEvent):
+    """A core dump printed to the UART: collapsed to this one event, saved
+    for esp-coredump, every task's backtrace decoded."""
+
+    type: ClassVar[str] = "coredump"
+    coredump: CoreDumpReport
+
+    def fields(self) -> dict[str, Any]:
+        return {"port": self.port, "board": self.board, **self.coredump.as_event_data()}
+
+
+class OnSerial(Protocol):
+    """A view's hand for a board's lines, called on the board's worker
+    thread: `notes[i]` are the code addresses decoded in `lines[i]` (empty
+    when none, or when the caller has none to give)."""
+
+    def __call__(
+        self,
+        board: str,
+        port: str,
+        t: float,
+        lines: list[str],
+        notes: Sequence[Sequence[AddressNote]] = (),
+    ) -> None: ...
+
+
+def serial_line_json(
+    board: str, port: str, text: str, t: float, notes: Sequence[AddressNote] = ()
+) -> dict[str, Any]:
     """A board's line in `--json`. Not an `Event`: lines go from the board's
     worker thread straight to the views (a flood must not queue behind the
-    loop), but the schema is the same."""
-    return {"type": "serial_line", "t": round(t, 6), "board": board, "port": port, "text": text}
+    loop), but the schema is the same. `addresses`: the code addresses in
+    the line, decoded (only when there are some)."""
+    out = {"type": "serial_line", "t": round(t, 6), "board": board, "port": port, "text": text}
+    if notes:
+        out["addresses"] = [n.as_dict() for n in notes]
+    return out
 
 
 def event_classes() -> list[type[Event]]:

@@ -23,7 +23,6 @@ from fbuild_watch.build.backends import Backend, detect_backend
 from fbuild_watch.build.objects import ObjectWatch
 from fbuild_watch.build.progress import BuildProgressTracker
 from fbuild_watch.build.runner import BuildResult, BuildRun
-from fbuild_watch.config import CONFIG_NAME
 from fbuild_watch.errors import FbuildError, RuntimeFailure
 from fbuild_watch.events import (
     BuildFinished,
@@ -256,7 +255,7 @@ class Loop:
             ) from None
         scan_ms = (time.monotonic() - t0) * 1000
         self._note_unreadable()
-        if may_skip and build_fp is not None and build_fp == self.ws.fingerprint:
+        if may_skip and build_fp is not None and build_fp == self._fingerprint():
             try:
                 self.last_layout = self.backend.load_layout().validate()
             except FbuildError:
@@ -294,7 +293,6 @@ class Loop:
         self._forced = None
         changed = sorted(self._pending_changes)
         self._pending_changes.clear()
-        fingerprint = self.ws.fingerprint
         self.state = "building"
         cycle.build_start = time.monotonic()
         if cycle.change_at is not None:
@@ -314,8 +312,12 @@ class Loop:
             loop.call_soon_threadsafe(self.emit, BuildOutput(line=line))
             progress.line(line)
 
-        if CONFIG_NAME in changed and self.backend.config is not None:
-            self._reload_config()
+        settings = self._settings_files() & set(changed)
+        if settings:
+            self._reload_config(sorted(settings))
+        # with the settings files this backend was made from (a malformed
+        # fbuild.toml it could not load is never recorded as built)
+        fingerprint = self._fingerprint()
         run = BuildRun(self.backend, on_line, pointers=self.ws.pointers)
         self._build_run = run
         elf = self._elf_path() if self.deployer is not None else None
@@ -358,24 +360,39 @@ class Loop:
             self.last_build_ok = result.ok
         return result, gen, cycle
 
-    def _reload_config(self) -> None:
-        """fbuild.toml was edited: its build settings (command, env, layout,
-        ELF, timeout) apply from this build on. A broken file keeps the old
+    def _settings_files(self) -> set[str]:
+        """Project-relative paths of the files the build's settings come
+        from (fbuild.toml, platformio.ini, sdkconfig, sketch.yaml, ...)."""
+        root = self.backend.project_dir
+        out = set()
+        for path in self.backend.config_files():
+            with contextlib.suppress(ValueError):
+                out.add(path.relative_to(root).as_posix())
+        return out
+
+    def _fingerprint(self) -> str:
+        return self.ws.fingerprint_with(self.backend.settings_digests())
+
+    def _reload_config(self, names: list[str]) -> None:
+        """A settings file was edited: the build settings (command, env,
+        layout, ELF, timeout, flashing and monitor settings the build system
+        writes down) apply from this build on. A broken file keeps the old
         settings until it is fixed (the build says what is wrong)."""
+        what = ", ".join(names)
         try:
             backend = detect_backend(self.backend.project_dir)
         except FbuildError as exc:
             self.emit(Warned(message=f"{exc}; the previous build settings stay"))
             return
         if type(backend) is not type(self.backend):
-            message = f"{CONFIG_NAME} changed the kind of project; restart to switch"
+            message = f"{what} changed the kind of project; restart to switch"
             self.emit(Warned(message=message))
             return
         self.backend = backend
         self.emit(
             Note(
-                message=f"{CONFIG_NAME} changed: build settings reloaded "
-                "([board] and [watch] changes take effect on restart)"
+                message=f"{what} changed: build settings reloaded "
+                "([board], [monitor] and [watch] changes take effect on restart)"
             )
         )
 

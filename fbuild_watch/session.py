@@ -11,26 +11,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import re
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fbuild_watch.build.backends import Backend, detect_backend
+from fbuild_watch.crash.coredump import CoreDumpReport
+from fbuild_watch.crash.frames import AddressNote
+from fbuild_watch.crash.rom import rom_scripts
 from fbuild_watch.decode import Crash, CrashDetector
 from fbuild_watch.deploy.engine import BoardDeployer
 from fbuild_watch.deploy.outcome import DeployOutcome
-from fbuild_watch.deploy.ports import DEFAULT_BAUD, PortInfo, board_ports, flashing_baud
+from fbuild_watch.deploy.ports import (
+    DEFAULT_BAUD,
+    PortInfo,
+    board_ports,
+    describe,
+    flashing_baud,
+)
 from fbuild_watch.deploy.progress import WriteProgress
 from fbuild_watch.deploy.trust import FlashCache, SessionTrust
 from fbuild_watch.deploy.worker import BoardWorker
-from fbuild_watch.errors import ConfigError, FbuildError
+from fbuild_watch.errors import ConfigError, FbuildError, RuntimeFailure, UsageError
 from fbuild_watch.events import (
     BoardRef,
     BoardReset,
+    Command,
     ConnectedAhead,
+    CoreDumpDecoded,
     CrashDecoded,
     DeployFinished,
     DeployProgress,
@@ -38,18 +53,23 @@ from fbuild_watch.events import (
     Event,
     Failed,
     Note,
+    OnSerial,
     PortChanged,
     PortState,
     SessionStarted,
     Warned,
 )
 from fbuild_watch.failures import DebugLog, Supervisor
-from fbuild_watch.image.layout import ValidatedLayout
+from fbuild_watch.image.layout import BOOTLOADER, ValidatedLayout
 from fbuild_watch.image.linkkey import link_key
+from fbuild_watch.image.settings import MonitorSettings, ResolvedMonitor, resolve_monitor
+from fbuild_watch.logfilter import compile_filter
+from fbuild_watch.logtime import check_format
 from fbuild_watch.loop import Loop
 from fbuild_watch.monitor import LineSplitter, LogFile
 from fbuild_watch.plugins import load_port_schemes
 from fbuild_watch.project_lock import ProjectLock
+from fbuild_watch.remote.labgrid import PlaceLease, is_labgrid_url, open_labgrid
 from fbuild_watch.watch import Watcher, WatchOptions, WatchSet
 from fbuild_watch.watch.watcher import state_path_for
 
@@ -67,7 +87,7 @@ class SessionOptions:
     project: Path
     ports: list[str] = field(default_factory=list)
     baud: int | None = None  # None: [board] baud, ESPBAUD or 460800
-    monitor_baud: int = 115200
+    monitor_baud: int | None = None  # None: the project's, else 115200
     on_busy: str = "queue"
     trust: bool = True
     quiet_ms: int | None = None
@@ -76,6 +96,12 @@ class SessionOptions:
     elf: Path | None = None
     fqbn: str | None = None
     build_on_start: bool | None = None  # None: only when the sources changed
+    print_filter: str | None = None  # None: the project's (PlatformIO monitor_filters, ...)
+    timestamps: bool = False
+    timestamp_format: str | None = None
+    eol: str | None = None  # CR, LF, CRLF; None: the project's, else CR
+    reset_on_attach: bool = False  # `fbuild monitor` without --no-reset
+    wait_place: float | None = None  # labgrid: wait this long for a held place
 
 
 class BoardSession:
@@ -86,8 +112,15 @@ class BoardSession:
         self.label = label
         self.session = session
         self.splitter = LineSplitter()
-        # panics are collected on the reader thread, decoded on a worker
-        self.crash = CrashDetector(on_crash=self._on_crash)
+        # panics and core dumps are collected on the worker thread, decoded
+        # on a decoding thread
+        self.crash = CrashDetector(
+            on_crash=self._on_crash,
+            on_coredump=self._on_coredump,
+            on_warning=self._on_decode_warning,
+            on_reply=self._reply,
+            coredump_dir=session.coredump_dir(),
+        )
         self.log_file: LogFile | None = None
         self.first_line_after: float | None = None  # set at a deploy's reset
         self.first_app_line_at: float | None = None
@@ -99,7 +132,7 @@ class BoardSession:
         self.ever_connected = False  # `monitor --timeout`: a port that never opened fails
         self.conn = BoardWorker(
             info,
-            baud=session.opts.monitor_baud,
+            baud=session.monitor.baud,
             on_data=self._on_data,
             on_state=self._on_state,
             on_pause=self._on_pause,
@@ -140,6 +173,8 @@ class BoardSession:
                 board=self.label, port=self.info.url, state=PortState(state), message=message
             )
         )
+        if state != "connected":
+            self.crash.flush()  # the output stopped: decode what was collected
         if state == "connected":
             self.ever_connected = True
         if state == "connected" and self.needs_deploy:
@@ -161,9 +196,14 @@ class BoardSession:
     def _on_pause(self) -> None:
         # A line cut off by a deploy ends here; glued to the boot log that
         # follows it would read as the new firmware's first line.
-        lines = self.splitter.flush()
+        lines = self.crash.take(self.splitter.flush())
         if lines:
             self.session.on_serial(self.label, self.info.url, time.time(), lines)
+
+    def _reply(self, data: bytes) -> None:
+        """What the monitor answers the board (Enter at a core dump's
+        prompt), in order with the worker's other jobs."""
+        self.conn.write(data)
 
     def _on_data(self, data: bytes, t: float) -> None:
         if self.log_file is not None:
@@ -174,11 +214,13 @@ class BoardSession:
             self.session.failed(f"monitor of {self.label}", exc)
 
     def _lines(self, data: bytes, t: float) -> None:
-        lines = self.splitter.feed(data)
+        # a core dump's base64 body is collapsed out (one `coredump` event)
+        lines = self.crash.take(self.splitter.feed(data))
         if not lines:
             return
         now = time.monotonic()
-        self.session.on_serial(self.label, self.info.url, t, lines)
+        notes = [self.crash.addresses(line) for line in lines]
+        self.session.on_serial(self.label, self.info.url, t, lines, notes)
         # after the lines went to the views: a cycle's end must not be
         # rendered before the line that ended it
         if self.first_line_after is not None:
@@ -188,8 +230,15 @@ class BoardSession:
                     self.first_line_after = None
                     self.session.first_line_seen(now)
                     break
-        for line in lines:
-            self.crash.feed(line)
+
+    def _on_coredump(self, report: CoreDumpReport) -> None:
+        """A decoded core dump (on the decoding thread)."""
+        self.session.emit_threadsafe(
+            CoreDumpDecoded(board=self.label, port=self.info.url, coredump=report)
+        )
+
+    def _on_decode_warning(self, message: str) -> None:
+        self.session.emit_threadsafe(Warned(message=f"{self.label}: {message}"))
 
     def _on_crash(self, crash: Crash) -> None:
         """A decoded panic (on the decoding thread)."""
@@ -210,6 +259,10 @@ class MultiDeployer:
         emit = self.session.emit
         for b in boards:
             emit(DeployStarted(board=b.label, port=b.info.url, full=full, app_only=app_only))
+
+        # decode (and check the app's ELF SHA-256 against) the new ELF from
+        # the new firmware's first boot line on
+        self.session.update_symbolizer(layout)
 
         def run(b: BoardSession) -> DeployOutcome:
             b.first_app_line_at = None
@@ -302,8 +355,6 @@ class MultiDeployer:
 
 
 OnEvent = Callable[[Event], None]
-# (board, port, time of arrival, lines), called on the board's worker thread
-OnSerial = Callable[[str, str, float, list[str]], None]
 
 
 class WatchSession:
@@ -331,6 +382,9 @@ class WatchSession:
         self.project_lock: ProjectLock | None = None
         self._missing_elves: set[Path] = set()
         self._first_line: asyncio.Future[float] | None = None
+        self._leases: list[PlaceLease] = []  # labgrid places held for the session
+        self._startup_warnings: list[str] = []
+        self.monitor = resolve_monitor(MonitorSettings())
         # failures of parts outside the loop (reader threads, deploys); the
         # loop's own are in `loop.problems`
         self.supervisor = Supervisor(self._on_failure)
@@ -376,10 +430,17 @@ class WatchSession:
         for on_event, _ in self._listeners:
             on_event(ev)
 
-    def on_serial(self, board: str, port: str, t: float, lines: list[str]) -> None:
+    def on_serial(
+        self,
+        board: str,
+        port: str,
+        t: float,
+        lines: list[str],
+        notes: Sequence[Sequence[AddressNote]] = (),
+    ) -> None:
         for _, on_serial in self._listeners:
             if on_serial is not None:
-                on_serial(board, port, t, lines)
+                on_serial(board, port, t, lines, notes)
 
     @property
     def project_name(self) -> str:
@@ -417,8 +478,18 @@ class WatchSession:
         # indexed now, in the background, cached under the project's .fbuild/
         project = self.backend.project_dir if self.backend is not None else self.opts.project
         cache = project / ".fbuild" / "symbols" if layout is not None else None
+        boot = _bootloader_elf(layout)
+        scripts = _rom_scripts(layout)
         for b in self.boards:
-            b.crash.set_elf(elf, cache)
+            b.crash.set_elf(elf, cache, bootloader_elf=boot, rom_scripts=scripts)
+
+    def coredump_dir(self) -> Path | None:
+        """Where UART core dumps are saved: the project's `.fbuild/`; none
+        for `fbuild monitor` without a project (nothing outside a project
+        is written)."""
+        if self.backend is None:
+            return None
+        return self.backend.project_dir / ".fbuild" / "coredumps"
 
     # -- set-up -----------------------------------------------------------------
     def setup(self, *, monitor_only: bool = False) -> None:
@@ -426,8 +497,10 @@ class WatchSession:
         `monitor_only`: just the boards (no project, no builds)."""
         load_port_schemes()
         if monitor_only:
+            self.monitor = self._resolve_monitor(None)
             infos = board_ports(self.opts.ports)
             labels = _labels([i.url for i in infos])
+            infos = self._hold_places(infos)
             self.boards = [
                 BoardSession(info, label, self) for info, label in zip(infos, labels, strict=True)
             ]
@@ -442,7 +515,9 @@ class WatchSession:
         if self.opts.elf is not None and not self.opts.elf.is_file():
             raise ConfigError("--elf: no such file", source=self.opts.elf)
         self.opts.baud = flashing_baud(self.opts.baud, cfg.baud if cfg else None)
+        self.monitor = self._resolve_monitor(backend)
         labels = _labels([i.url for i in infos])
+        infos = self._hold_places(infos)
         self.boards = [
             BoardSession(info, label, self) for info, label in zip(infos, labels, strict=True)
         ]
@@ -475,6 +550,106 @@ class WatchSession:
         if warning is not None:
             self.emit(Warned(message=warning))
 
+    def _resolve_monitor(self, backend: Backend | None) -> ResolvedMonitor:
+        """The monitor's settings: command line, fbuild.toml, the build
+        system's files (ESP-IDF's console baud, PlatformIO's monitor_*), the
+        environment, defaults; each setting says where it came from."""
+        o = self.opts
+        given = {
+            "baud": o.monitor_baud,
+            "print_filter": o.print_filter,
+            "eol": o.eol,
+            "timestamps": True if o.timestamps else None,
+        }
+        origins = {
+            "baud": "--monitor-baud",
+            "print_filter": "--print-filter",
+            "eol": "--eol",
+            "timestamps": "--timestamps",
+        }
+        cli = MonitorSettings(
+            **{k: v for k, v in given.items() if v is not None},  # type: ignore[arg-type]
+            origins=tuple((k, origins[k]) for k, v in given.items() if v is not None),
+        )
+        build = MonitorSettings()
+        if backend is not None:
+            try:
+                build = backend.monitor_settings()
+            except FbuildError as exc:  # the build says the same; the monitor goes on
+                self._startup_warnings.append(f"{exc}; monitoring with the defaults")
+        cfg = backend.config if backend is not None else None
+        resolved = resolve_monitor(build, cli=cli, config=cfg.monitor_layer() if cfg else None)
+        self._startup_warnings += resolved.warnings
+        if resolved.print_filter:
+            try:
+                compile_filter(resolved.print_filter)
+            except ValueError as exc:
+                where = resolved.origins.get("print_filter", "--print-filter")
+                raise UsageError(f"{where}: {exc}") from None
+        if o.timestamp_format is not None:
+            try:
+                check_format(o.timestamp_format)
+            except ValueError as exc:
+                raise UsageError(f"--timestamp-format: {exc}") from None
+        return resolved
+
+    @property
+    def print_filter(self) -> str | None:
+        return self.monitor.print_filter
+
+    @property
+    def timestamps(self) -> bool:
+        return self.monitor.timestamps
+
+    @property
+    def timestamp_format(self) -> str:
+        return self.opts.timestamp_format or DEFAULT_TIMESTAMP_FORMAT
+
+    def _hold_places(self, infos: list[PortInfo]) -> list[PortInfo]:
+        """`labgrid://PLACE` ports: the place is acquired now and held for the
+        whole session (nobody else can take it: that keeps trust sound); the
+        board is opened through the place's RFC 2217 port."""
+        out = []
+        for info in infos:
+            if not is_labgrid_url(info.url):
+                out.append(info)
+                continue
+            opened: dict[str, str] = {}  # the serial URL, once known (for on_lost)
+            place = info.url
+
+            def lost(why: str, place: str = place, opened: dict[str, str] = opened) -> None:
+                self._place_lost(place, opened.get("url"), why)
+
+            def waiting(line: str) -> None:
+                print(f"fbuild: {line}", file=sys.stderr, flush=True)
+
+            serial_url, lease = open_labgrid(  # labgrid itself is imported only here
+                place, wait=self.opts.wait_place, on_lost=lost, on_wait=waiting
+            )
+            opened["url"] = serial_url
+            self._leases.append(lease)
+            out.append(describe(serial_url))
+        return out
+
+    def _place_lost(self, place: str, serial_url: str | None, why: str) -> None:
+        """From the lease's thread: someone else may have the board now, so
+        nothing this session believes about it holds."""
+        message = f"{place}: labgrid place lost ({why}); not deploying to it any more"
+
+        def on_loop() -> None:
+            for b in self.boards:
+                if b.info.url == serial_url:
+                    b.deployer.trust.clear(message)
+                    b.needs_deploy = False
+                    b.conn.close()
+            self.supervisor.failed(f"labgrid place {place}", RuntimeFailure(message))
+
+        aio = self._aio
+        if aio is not None and aio.is_running():
+            aio.call_soon_threadsafe(on_loop)
+        else:
+            on_loop()
+
     @property
     def log_path(self) -> Path | None:
         return self._log_path
@@ -501,8 +676,17 @@ class WatchSession:
         (events from reader threads are handed to it). A missing board may
         come later: watching and building go on meanwhile."""
         self._aio = asyncio.get_running_loop()
+        for message in self._startup_warnings:
+            self.emit(Warned(message=message))
+        self._startup_warnings = []
         for b in self.boards:
             b.conn.open(wait=True)
+        if self.opts.reset_on_attach:
+            # as esp-idf-monitor: the boot log from its first line (a port
+            # without modem lines, raw TCP, cannot reset the board: left alone)
+            for b in self.boards:
+                if b.conn.port is not None and not b.info.url.startswith("socket://"):
+                    self._background_job(b, b.deployer.reset, "reset on attach")
 
     async def run(self) -> None:
         assert self.loop is not None
@@ -511,6 +695,7 @@ class WatchSession:
             SessionStarted(
                 project=str(self.opts.project),
                 boards=tuple(BoardRef(b.label, b.info.url) for b in self.boards),
+                monitor=self.monitor.as_dict(),
             )
         )
         self.supervisor.install_thread_hook()
@@ -521,8 +706,41 @@ class WatchSession:
             self.close()
 
     def command(self, name: str) -> None:
-        if self.loop is not None:
+        """A key or stdin line. Board-level commands (send, bootloader, and
+        reset without a loop) are the session's; the rest the loop's."""
+        name = name.strip()
+        if name == Command.SEND or name.startswith(f"{Command.SEND} "):
+            self.send(name[len(Command.SEND) + 1 :])
+        elif name == Command.BOOTLOADER:
+            for b in self.boards:
+                self._background_job(b, b.deployer.connect_ahead, "hold in the bootloader")
+        elif self.loop is not None:
             self.loop.command(name)
+        elif name == Command.RESET:
+            for b in self.boards:
+                self._background_job(b, b.deployer.reset, "reset")
+        elif name != Command.QUIT:
+            self.emit(Failed(message=f"{name!r} needs a project (fbuild watch)"))
+
+    def send(self, text: str, board: str | None = None) -> None:
+        """A line to the app's console (every board, or the one named), with
+        the monitor's end of line (`--eol`, the project's, else CR)."""
+        data = text.encode() + EOL_BYTES.get(self.monitor.eol or "CR", b"\r")
+        for b in self.boards:
+            if board is None or b.label == board:
+                self._said_if_failed(b, b.conn.write(data), "not sent")
+
+    def _said_if_failed(self, b: BoardSession, fut: Future[Any], what: str) -> None:
+        def done(f: Future[Any]) -> None:
+            exc = f.exception()
+            if exc is not None:
+                self.emit_threadsafe(Failed(message=f"{b.info.url}: {what}: {exc}"))
+
+        fut.add_done_callback(done)
+
+    def _background_job(self, b: BoardSession, job: Callable[[], object], what: str) -> None:
+        """A board job nobody waits for: its failure is said."""
+        self._said_if_failed(b, b.conn.submit(job), f"{what} failed")
 
     def command_threadsafe(self, name: str) -> None:
         aio = self._aio
@@ -568,6 +786,31 @@ class WatchSession:
         if self.project_lock is not None:
             self.project_lock.release()
             self.project_lock = None
+        leases, self._leases = self._leases, []
+        for lease in leases:  # labgrid places: given back (on Ctrl+C and SIGTERM too)
+            problem = lease.release()
+            if problem is not None:
+                print(f"fbuild: warning: {problem}", file=sys.stderr, flush=True)
+
+
+def _bootloader_elf(layout: ValidatedLayout | None) -> Path | None:
+    """ESP-IDF builds the bootloader's ELF beside its image."""
+    if layout is None:
+        return None
+    for r in layout.layout.regions:
+        if r.name == BOOTLOADER and r.source is not None:
+            elf = r.source.with_suffix(".elf")
+            if elf.is_file():
+                return elf
+    return None
+
+
+def _rom_scripts(layout: ValidatedLayout | None) -> list[Path]:
+    """ESP-IDF's ROM linker scripts name ROM functions in backtraces."""
+    idf = os.environ.get("IDF_PATH")
+    if layout is None or not idf:
+        return []
+    return rom_scripts(Path(idf), layout.layout.chip)
 
 
 def open_session(
@@ -582,6 +825,10 @@ def open_session(
     session = WatchSession(opts, on_event, on_serial)
     session.setup(monitor_only=monitor_only)
     return session
+
+
+DEFAULT_TIMESTAMP_FORMAT = "%H:%M:%S.%3f"  # the monitor's own; --timestamp-format changes it
+EOL_BYTES = {"CR": b"\r", "LF": b"\n", "CRLF": b"\r\n"}
 
 
 def _resolve(fut: asyncio.Future[float], value: float) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from fbuild_watch.build.runner import BuildResult
+from fbuild_watch.crash.coredump import CoreDumpReport
+from fbuild_watch.crash.frames import AddressNote, Frame
 from fbuild_watch.crash.report import PanicCollector, PanicReport
 from fbuild_watch.decode import decode_report
 from fbuild_watch.deploy.outcome import DeployOutcome
@@ -20,6 +22,7 @@ from fbuild_watch.events import (
     BuildSkipped,
     BuildStarted,
     ConnectedAhead,
+    CoreDumpDecoded,
     CrashDecoded,
     CycleFinished,
     DeployFinished,
@@ -101,6 +104,7 @@ def samples() -> list[Event]:
         PortChanged(**BOARD, state=PortState.WAITING, message="port disappeared"),
         BoardReset(**BOARD),
         a_crash(),
+        CoreDumpDecoded(**BOARD, coredump=CoreDumpReport(lines=12, chip="esp32c3")),
         Paused(),
         Resumed(),
         Note(message="n"),
@@ -129,8 +133,12 @@ def test_optional_part_of_an_error() -> None:
 
 
 def test_serial_line_matches_the_schema() -> None:
-    line = serial_line_json("demo", "sim://demo", "hello", 1.0)
+    frame = Frame(address=0x42000054, function="app_main", file="main.c", line=3, source="log")
+    note = AddressNote(0x42000054, (frame,))
+    line = serial_line_json("demo", "sim://demo", "at 0x42000054", 1.0, [note])
     assert set(line) - {"type", "t"} == readme_schema()["serial_line"]
+    assert line["addresses"][0]["function"] == "app_main"
+    assert "addresses" not in serial_line_json("demo", "sim://demo", "hello", 1.0)
 
 
 def test_every_state_name_is_a_string_in_json() -> None:

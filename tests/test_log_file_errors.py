@@ -41,7 +41,7 @@ def _flood_through_session(log_file: Path, n: int) -> tuple[list[str], list[Even
         done = asyncio.Event()
         aio = asyncio.get_running_loop()
 
-        def on_serial(_b: str, _p: str, _t: float, lines: list[str]) -> None:
+        def on_serial(_b: str, _p: str, _t: float, lines: list[str], _notes: object = ()) -> None:
             got.extend(ln for ln in lines if ln.startswith("flood "))
             if got and got[-1] == f"flood {n - 1}":
                 aio.call_soon_threadsafe(done.set)

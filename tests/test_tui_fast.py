@@ -173,6 +173,40 @@ async def test_failed_build_opens_the_build_pane() -> None:
         await app.action_quit()
 
 
+async def test_console_send_box_chords_and_mute() -> None:
+    session = FakeSession(boards=("left", "right"))
+    app = WatchApp(session)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("s", *"help", "enter")  # to the board in the active tab
+        assert session.sent == [("help", "left")] and session.commands == []
+        await pilot.press("escape")
+        await pilot.press("ctrl+t", "ctrl+p")  # esp-idf-monitor: hold in the bootloader
+        assert session.commands == ["bootloader"]
+        await pilot.press("ctrl+t", "ctrl+t")  # Ctrl+T itself, to the board
+        assert session.sent[-1] == ("\x14", "left")
+        await pilot.press("ctrl+t", "ctrl+y")  # mute: kept, not shown
+        session.serial("left", ["I (1) main: hidden"])
+        await until(pilot, lambda: "output muted" in status(app))
+        await pilot.pause(0.1)
+        assert app.query_one("#log-left", SerialLog).lines == []
+        await pilot.press("ctrl+t", "ctrl+y")
+        session.serial("left", ["I (2) main: shown"])
+        log = app.query_one("#log-left", SerialLog)
+        await until(pilot, lambda: log.lines == ["I (2) main: shown"])
+        await app.action_quit()
+
+
+async def test_print_filter_and_timestamps_from_the_session() -> None:
+    session = FakeSession(print_filter="wifi:W", timestamps=True)
+    app = WatchApp(session)
+    async with app.run_test(size=SIZE) as pilot:
+        session.serial("demo", ["I (1) wifi: up", "W (2) wifi: retry", "E (3) mesh: lost"], t=0.5)
+        log = app.query_one("#log-demo", SerialLog)
+        await until(pilot, lambda: len(log.lines) == 1)
+        assert log.lines[0].endswith(".500 W (2) wifi: retry")
+        await app.action_quit()
+
+
 # -- how it looks -----------------------------------------------------------------
 def snapshot_app(
     session: FakeSession, setup: Callable[[FakeSession], None]

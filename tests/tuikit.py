@@ -47,8 +47,19 @@ class FakeSession:
     """Everything `SessionAPI` asks, no loop and no boards: a test emits the
     events and lines it wants the app to show."""
 
-    def __init__(self, boards: tuple[str, ...] = ("demo",), project: str = "blink-c3") -> None:
+    def __init__(
+        self,
+        boards: tuple[str, ...] = ("demo",),
+        project: str = "blink-c3",
+        *,
+        print_filter: str | None = None,
+        timestamps: bool = False,
+    ) -> None:
         self.boards = [FakeBoard(b, f"sim://{b}") for b in boards]
+        self.print_filter = print_filter
+        self.timestamps = timestamps
+        self.timestamp_format = "%H:%M:%S.%3f"
+        self.sent: list[tuple[str, str | None]] = []
         self.project_name = project
         self.log_path: Path | None = None
         self.commands: list[str] = []
@@ -83,6 +94,9 @@ class FakeSession:
 
     def command(self, name: str) -> None:
         self.commands.append(name)
+
+    def send(self, text: str, board: str | None = None) -> None:
+        self.sent.append((text, board))
 
     def quit(self) -> str:
         if self.deploying:

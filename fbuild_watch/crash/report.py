@@ -112,6 +112,7 @@ class PanicCollector:
         self._core = 0  # the core whose dump/backtrace is being printed
         self._tail = False  # a backtrace or stack dump is complete
         self._in_stack = False
+        self._await_backtrace = False  # an Xtensa SHA line came before its backtrace
 
     def feed(self, line: str) -> None:
         rep = self.report
@@ -128,6 +129,7 @@ class PanicCollector:
     def finish(self) -> None:
         """End the report being collected (output stopped, port closed)."""
         rep, self.report = self.report, None
+        self._await_backtrace = False
         if rep is not None:
             self.on_report(rep)
 
@@ -207,10 +209,23 @@ class PanicCollector:
             rep.lines.append(text)
             self.finish()
             return True
+        if self._await_backtrace:
+            # ESP-IDF < 5 on Xtensa prints the backtrace after the SHA line
+            self._await_backtrace = False
+            if not _BACKTRACE.match(text):
+                self.finish()
+                return False
+            rep.lines.append(text)
+            self._parse(rep, text)
+            self.finish()
+            return True
         m = _SHA.search(text)
         if m:
             rep.elf_sha256 = m.group(1)
             rep.lines.append(text)
+            if "A0" in rep.crashed.registers and not rep.crashed.backtrace:
+                self._await_backtrace = True  # one report, not a second "backtrace" one
+                return True
             self.finish()
             return True
         if len(rep.lines) >= MAX_REPORT_LINES:

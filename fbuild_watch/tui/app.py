@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import gc
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,11 +19,13 @@ from textual.message import Message
 from textual.widgets import Footer, Input, Log, TabbedContent, TabPane
 from textual.worker import Worker
 
+from fbuild_watch.crash.frames import AddressNote
 from fbuild_watch.events import (
     BuildFinished,
     BuildOutput,
     BuildProgress,
     BuildStarted,
+    CoreDumpDecoded,
     CrashDecoded,
     CycleFinished,
     DeployFinished,
@@ -38,6 +41,7 @@ from fbuild_watch.events import (
     Warned,
 )
 from fbuild_watch.failures import one_line
+from fbuild_watch.logtime import format_timestamp
 from fbuild_watch.termsafe import terminal_safe_lines
 from fbuild_watch.tui.filters import compile_filter
 from fbuild_watch.tui.session_api import SessionAPI
@@ -77,6 +81,8 @@ class SessionEvent(Message):
 class WatchApp(App[int]):
     CSS_PATH = Path(__file__).with_name("app.tcss")  # also for subclasses elsewhere
     TITLE = "fbuild watch"
+    # Ctrl+P is esp-idf-monitor's (Ctrl+T Ctrl+P: hold in the bootloader)
+    ENABLE_COMMAND_PALETTE = False
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("f", "command('full-flash')", "full flash", priority=True),
         Binding("b", "command('rebuild')", "rebuild", priority=True),
@@ -87,16 +93,20 @@ class WatchApp(App[int]):
         Binding("c", "clear", "clear", priority=True),
         Binding("l", "toggle_log_file", "log file", priority=True),
         Binding("slash", "filter", "filter", priority=True),
+        Binding("s", "send", "send", priority=True),
         Binding("q", "quit", "quit", priority=True),
         Binding("ctrl+c", "interrupt", "quit", show=False, priority=True),
         Binding("ctrl+t", "chord", "Ctrl+T chords", show=False, priority=True),
     ]
-    # esp-idf-monitor habits: Ctrl+T then Ctrl+F / Ctrl+A / Ctrl+R
+    # esp-idf-monitor habits: Ctrl+T then Ctrl+F / Ctrl+A / Ctrl+R / Ctrl+P
     CHORDS: ClassVar[dict[str, str]] = {
         "ctrl+f": "full-flash",
         "ctrl+a": "app-flash",
         "ctrl+r": "reset",
+        "ctrl+p": "bootloader",  # hold the board in its ROM loader (r: back to the app)
     }
+    # ... and the monitor's own: Ctrl+T Ctrl+Y mutes the output (Ctrl+T Ctrl+T sends Ctrl+T)
+    CHORD_ACTIONS: ClassVar[dict[str, str]] = {"ctrl+y": "toggle_mute"}
 
     def __init__(self, session: SessionAPI, *, monitor_only: bool = False) -> None:
         """`session` is set up (its errors came before the screen opened)."""
@@ -108,8 +118,10 @@ class WatchApp(App[int]):
         # per board: arrival times and lines, kept apart so that the history
         # is two deques of untracked floats and strs, not 20k GC-tracked tuples
         self._history: dict[str, tuple[collections.deque[float], collections.deque[str]]] = {}
-        self._timestamps = False
-        self._filter: Any = None
+        self._timestamps = session.timestamps
+        self._stamp_format = session.timestamp_format
+        self._filter: Any = compile_filter(session.print_filter) if session.print_filter else None
+        self._muted = False  # Ctrl+T Ctrl+Y: lines are kept, not shown
         self._chord_pending = False
         self._quitting = False
         self._left = False  # _leave ran: the exit status is decided
@@ -136,7 +148,11 @@ class WatchApp(App[int]):
             'filter: tag:level as esp-idf-monitor (wifi:W *:E), /regex/ or "text"; '
             "Enter applies, Esc closes"
         )
-        yield Input(placeholder=hint, id="filter")
+        yield Input(placeholder=hint, id="filter", value=self.session.print_filter or "")
+        yield Input(
+            placeholder="send to the board (Enter sends the line and its end of line, Esc closes)",
+            id="send",
+        )
         yield Footer()
 
     def on_mount(self) -> None:
@@ -162,10 +178,24 @@ class WatchApp(App[int]):
         self.session.open_boards()
 
     # -- data in ---------------------------------------------------------------------
-    def _on_serial(self, board: str, port: str, t: float, lines: list[str]) -> None:
+    def _on_serial(
+        self,
+        board: str,
+        port: str,
+        t: float,
+        lines: list[str],
+        notes: Sequence[Sequence[AddressNote]] = (),
+    ) -> None:
         # reader thread: append only (deque.append is atomic), the timer
         # renders; the board's title/clipboard/reset sequences never reach
         # the terminal (Rich passes ESC c and OSC through), its colours do
+        if any(notes):
+            # esp-idf-monitor's way: each code address decoded under its line
+            expanded: list[str] = []
+            for line, noted in zip(lines, notes, strict=True):
+                expanded.append(line)
+                expanded += [f"--- {text}" for note in noted for text in note.lines()]
+            lines = expanded
         self._pending.append((board, t, terminal_safe_lines(lines)))
 
     def _flush_serial(self) -> None:
@@ -179,6 +209,8 @@ class WatchApp(App[int]):
             if hist is not None:
                 hist[0].extend([t] * len(lines))
                 hist[1].extend(lines)
+            if self._muted:
+                continue  # kept in the history (a filter or `t` shows them again)
             if plain:  # the flood path: no per-line Python work
                 per_board[board].extend(lines)
                 continue
@@ -194,11 +226,7 @@ class WatchApp(App[int]):
 
     def _decorate(self, t: float, line: str) -> str:
         if self._timestamps:
-            return (
-                time.strftime("%H:%M:%S", time.localtime(t))
-                + f".{int(t * 1000) % 1000:03d} "
-                + line
-            )
+            return format_timestamp(t, self._stamp_format) + " " + line
         return line
 
     def _log_widget(self, board: str) -> SerialLog | None:
@@ -259,6 +287,11 @@ class WatchApp(App[int]):
                     for k, v in ms.items()
                     if k not in ("linked", "compiled")
                 )
+            case CoreDumpDecoded(board=board, coredump=dump):
+                self._flush_serial()
+                log = self._log_widget(board)
+                if log is not None:
+                    log.write_lines([f"  => {line}" for line in dump.decoded()])
             case CrashDecoded(board=board, crash=crash):
                 # the panic's own lines first (they wait for the next frame), so
                 # the decode reads under the panic, not above it
@@ -307,6 +340,8 @@ class WatchApp(App[int]):
         extras = []
         if self._timestamps:
             extras.append("timestamps")
+        if self._muted:
+            extras.append("output muted (Ctrl+T Ctrl+Y)")
         if self._filter is not None:
             extras.append("filtered")
         if self._log_path is not None:
@@ -329,10 +364,18 @@ class WatchApp(App[int]):
 
     def action_chord(self) -> None:
         # like esp-idf-monitor: the next key completes the chord, however late
+        if self._chord_pending:  # Ctrl+T Ctrl+T: the board gets a Ctrl+T
+            self._chord_pending = False
+            self.action_send_ctrl_t()
+            return
         self._chord_pending = True
-        self.notify("Ctrl+T: then Ctrl+F full flash, Ctrl+A app flash, Ctrl+R reset", timeout=2)
+        self.notify(
+            "Ctrl+T: then Ctrl+F full flash, Ctrl+A app flash, Ctrl+R reset, "
+            "Ctrl+P hold in bootloader, Ctrl+Y mute output, Ctrl+T send Ctrl+T",
+            timeout=3,
+        )
 
-    _TYPING_SAFE = frozenset({"quit", "filter"})
+    _TYPING_SAFE = frozenset({"quit", "filter", "send"})
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # letters typed into the filter box are text, not commands
@@ -349,6 +392,29 @@ class WatchApp(App[int]):
             if event.key in self.CHORDS:
                 event.stop()
                 self.session.command(self.CHORDS[event.key])
+            elif event.key in self.CHORD_ACTIONS:
+                event.stop()
+                await self.run_action(self.CHORD_ACTIONS[event.key])
+
+    def action_toggle_mute(self) -> None:
+        self._muted = not self._muted
+        self.notify("output muted (Ctrl+T Ctrl+Y again to show it)" if self._muted else "output on")
+        self._render_status()
+
+    def action_send_ctrl_t(self) -> None:
+        self._send_bytes("\x14")
+
+    def action_send(self) -> None:
+        box = self.query_one("#send", Input)
+        box.add_class("visible")
+        box.focus()
+
+    def _active_board(self) -> str | None:
+        active = self.query_one("#tabs", TabbedContent).active
+        return active.removeprefix("tab-") if active else None
+
+    def _send_bytes(self, text: str) -> None:
+        self.session.send(text, self._active_board())
 
     def action_toggle_timestamps(self) -> None:
         self._timestamps = not self._timestamps
@@ -380,6 +446,11 @@ class WatchApp(App[int]):
         box.focus()
 
     def on_input_submitted(self, message: Input.Submitted) -> None:
+        if message.input.id == "send":
+            # the line to the board in the active tab; the box stays for the next one
+            self._send_bytes(message.value)
+            message.input.value = ""
+            return
         try:
             self._filter = compile_filter(message.value)
         except ValueError as exc:

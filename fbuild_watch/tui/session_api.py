@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from fbuild_watch.events import Event
+from fbuild_watch.events import Event, OnSerial
 
 
 class BoardView(Protocol):
@@ -29,13 +29,24 @@ class SessionAPI(Protocol):
     def project_name(self) -> str: ...
 
     @property
+    def print_filter(self) -> str | None:
+        """The filter to start with (--print-filter, the project's)."""
+
+    @property
+    def timestamps(self) -> bool:
+        """Start with timestamps on (--timestamps, PlatformIO's `time`)."""
+
+    @property
+    def timestamp_format(self) -> str: ...
+
+    @property
     def log_path(self) -> Path | None:
         """The log file every byte goes to (`--log-file`, `l`), if any."""
 
     def listen(
         self,
         on_event: Callable[[Event], None],
-        on_serial: Callable[[str, str, float, list[str]], None] | None = None,
+        on_serial: OnSerial | None = None,
     ) -> None:
         """Events on the app's event loop; serial lines on any thread."""
 
@@ -47,8 +58,11 @@ class SessionAPI(Protocol):
 
     def command(self, name: str) -> None: ...
 
+    def send(self, text: str, board: str | None = None) -> None:
+        """A line to the app's console, with the monitor's end of line."""
+
     def quit(self) -> str:
-        """"done", "finishing" (a deploy first) or "aborting"."""
+        """ "done", "finishing" (a deploy first) or "aborting"."""
 
     def stop(self) -> None: ...
 

@@ -10,9 +10,10 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from fbuild_watch.crash.frames import AddressNote
 from fbuild_watch.events import (
     BoardReset,
     BuildFinished,
@@ -21,6 +22,7 @@ from fbuild_watch.events import (
     BuildSkipped,
     BuildStarted,
     ConnectedAhead,
+    CoreDumpDecoded,
     CrashDecoded,
     CycleFinished,
     DeployFinished,
@@ -38,6 +40,8 @@ from fbuild_watch.events import (
     Warned,
     serial_line_json,
 )
+from fbuild_watch.logfilter import compile_filter
+from fbuild_watch.logtime import format_timestamp
 from fbuild_watch.session import SessionOptions, WatchSession
 from fbuild_watch.termsafe import terminal_safe_lines
 
@@ -53,6 +57,8 @@ class LineView:
         # files and CI logs get plain text
         self.colour = _isatty(self.out)
         self._lock = threading.Lock()
+        self.keep: Callable[[str], bool] | None = None  # --print-filter
+        self.stamp_format: str | None = None  # --timestamps (human lines; JSON has `t`)
 
     def _write(self, text: str) -> None:
         with self._lock:
@@ -62,16 +68,39 @@ class LineView:
             except (BrokenPipeError, ValueError):
                 pass
 
-    def on_serial(self, board: str, port: str, t: float, lines: list[str]) -> None:
+    def on_serial(
+        self,
+        board: str,
+        port: str,
+        t: float,
+        lines: list[str],
+        notes: Sequence[Sequence[AddressNote]] = (),
+    ) -> None:
         # Board text reaches a terminal: no title, clipboard (OSC 52), reset
         # or cursor sequences; colours stay in JSON and on a terminal.
+        noted: list[Sequence[AddressNote]] = list(notes) if notes else [()] * len(lines)
+        if self.keep is not None:
+            kept = [(ln, n) for ln, n in zip(lines, noted, strict=True) if self.keep(ln)]
+            lines, noted = [ln for ln, _ in kept], [n for _, n in kept]
+            if not lines:
+                return
         lines = terminal_safe_lines(lines, keep_sgr=self.json_mode or self.colour)
         if self.json_mode:
-            chunk = "\n".join(json.dumps(serial_line_json(board, port, ln, t)) for ln in lines)
+            chunk = "\n".join(
+                json.dumps(serial_line_json(board, port, ln, t, n))
+                for ln, n in zip(lines, noted, strict=True)
+            )
         else:
             prefix = f"[{board}] "
-            # a colour the board left on must not paint our own lines
-            chunk = "\n".join(prefix + ln + ("\x1b[0m" if "\x1b" in ln else "") for ln in lines)
+            if self.stamp_format is not None:
+                prefix += format_timestamp(t, self.stamp_format) + " "
+            out: list[str] = []
+            for ln, n in zip(lines, noted, strict=True):
+                # a colour the board left on must not paint our own lines
+                out.append(prefix + ln + ("\x1b[0m" if "\x1b" in ln else ""))
+                # esp-idf-monitor's way: each code address decoded under its line
+                out += [f"{prefix}--- {text}" for note in n for text in note.lines()]
+            chunk = "\n".join(out)
         self._write(chunk)
 
     def on_event(self, ev: Event) -> None:
@@ -127,6 +156,8 @@ def human(ev: Event) -> str | None:
             return "\n".join(
                 [f"[{board}] crash: {crash.reason}", *(f"[{board}]   {f}" for f in frames)]
             )
+        case CoreDumpDecoded(board=board, coredump=dump):
+            return "\n".join(f"[{board}] {line}" for line in dump.decoded())
         case PortChanged(board=board, state=PortState.WAITING, message=message):
             return f"[{board}] waiting for the board: {message}"
         case PortChanged(board=board, state=PortState.CONNECTED, port=port):
@@ -190,11 +221,22 @@ class LineMode:
         self.code = 0
         self.session = WatchSession(opts, self.view.on_event, self._on_serial)
         self.session.setup(monitor_only=monitor_only)
+        if self.session.print_filter:
+            self.view.keep = compile_filter(self.session.print_filter)
+        if self.session.timestamps:
+            self.view.stamp_format = self.session.timestamp_format
         self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Event | None = None
 
-    def _on_serial(self, board: str, port: str, t: float, lines: list[str]) -> None:
-        self.view.on_serial(board, port, t, lines)
+    def _on_serial(
+        self,
+        board: str,
+        port: str,
+        t: float,
+        lines: list[str],
+        notes: Sequence[Sequence[AddressNote]] = (),
+    ) -> None:
+        self.view.on_serial(board, port, t, lines, notes)
         if self.pattern is not None and any(self.pattern.search(ln) for ln in lines):
             self._finish()
 
