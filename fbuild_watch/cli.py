@@ -26,7 +26,9 @@ from fbuild_watch.errors import FbuildError, RuntimeFailure, UsageError
 
 if TYPE_CHECKING:
     from fbuild_watch.build.backends import Backend
-    from fbuild_watch.image.layout import FlashLayout
+    from fbuild_watch.deploy.ports import PortInfo
+    from fbuild_watch.deploy.trust import FlashCache
+    from fbuild_watch.image.layout import FlashLayout, ValidatedLayout
     from fbuild_watch.session import SessionOptions
 
 
@@ -116,11 +118,10 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    import concurrent.futures
-
+    from fbuild_watch.boardports import hold_ports
     from fbuild_watch.build import detect_backend
-    from fbuild_watch.deploy import BoardDeployer, BoardWorker, FlashCache, SessionTrust
-    from fbuild_watch.deploy.ports import PortInfo, board_ports, flashing_baud
+    from fbuild_watch.deploy import FlashCache
+    from fbuild_watch.deploy.ports import board_ports, flashing_baud
     from fbuild_watch.plugins import load_port_schemes
     from fbuild_watch.project_lock import refuse_if_watched
 
@@ -133,6 +134,23 @@ def _deploy(args: argparse.Namespace) -> int:
     baud = flashing_baud(args.baud, cfg.baud if cfg else None)
     layout = _built_layout(backend).validate()  # never flash what was not validated
     cache = None if args.no_trust else FlashCache()
+    held = hold_ports(infos, wait_place=args.wait_place)  # labgrid places, for the deploy
+    try:
+        return _deploy_to(args, held.infos, layout, baud, cache)
+    finally:
+        held.release()
+
+
+def _deploy_to(
+    args: argparse.Namespace,
+    infos: list[PortInfo],
+    layout: ValidatedLayout,
+    baud: int,
+    cache: FlashCache | None,
+) -> int:
+    import concurrent.futures
+
+    from fbuild_watch.deploy import BoardDeployer, BoardWorker, SessionTrust
 
     def one(info: PortInfo) -> dict[str, object]:
         conn = BoardWorker(info)
@@ -381,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def port_options(p: argparse.ArgumentParser) -> None:
         port_help = (
-            "device, sim://NAME, socket://HOST:PORT or rfc2217://HOST:PORT "
+            "device, sim://NAME, socket://HOST:PORT, rfc2217://HOST:PORT or labgrid://PLACE "
             "(repeat for several boards; default: ESPPORT or the one ESP found)"
         )
         p.add_argument("--port", "-p", action="append", metavar="PORT", help=port_help)
@@ -390,6 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
             "-b",
             type=int,
             help="flashing baud (default: [board] baud, ESPBAUD or 460800)",
+        )
+        p.add_argument(
+            "--wait-place",
+            nargs="?",
+            const=math.inf,
+            type=float,
+            metavar="S",
+            help="labgrid://PLACE held by someone else: wait for it (S seconds; forever)",
         )
 
     port_options(deploy)
@@ -425,14 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
             choices=["CR", "LF", "CRLF"],
             help="what ends a line sent to the board (default: the project's, else CR)",
         )
-        p.add_argument(
-            "--wait-place",
-            nargs="?",
-            const=math.inf,
-            type=float,
-            metavar="S",
-            help="labgrid://PLACE held by someone else: wait for it (S seconds; forever)",
-        )
+
         p.add_argument("--elf", help="ELF for crash decoding (default: the build's)")
         p.add_argument(
             "--log-file", metavar="FILE", help="write every byte the board sends to FILE"

@@ -13,7 +13,6 @@ import contextlib
 import functools
 import os
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fbuild_watch.boardports import HeldPorts, hold_ports
 from fbuild_watch.build.backends import Backend, detect_backend
 from fbuild_watch.crash.coredump import CoreDumpReport
 from fbuild_watch.crash.frames import AddressNote
@@ -33,7 +33,6 @@ from fbuild_watch.deploy.ports import (
     DEFAULT_BAUD,
     PortInfo,
     board_ports,
-    describe,
     flashing_baud,
 )
 from fbuild_watch.deploy.progress import WriteProgress
@@ -69,7 +68,6 @@ from fbuild_watch.loop import Loop
 from fbuild_watch.monitor import LineSplitter, LogFile
 from fbuild_watch.plugins import load_port_schemes
 from fbuild_watch.project_lock import ProjectLock
-from fbuild_watch.remote.labgrid import PlaceLease, is_labgrid_url, open_labgrid
 from fbuild_watch.watch import Watcher, WatchOptions, WatchSet
 from fbuild_watch.watch.watcher import state_path_for
 
@@ -382,7 +380,7 @@ class WatchSession:
         self.project_lock: ProjectLock | None = None
         self._missing_elves: set[Path] = set()
         self._first_line: asyncio.Future[float] | None = None
-        self._leases: list[PlaceLease] = []  # labgrid places held for the session
+        self._held = HeldPorts([])  # labgrid places held for the session
         self._startup_warnings: list[str] = []
         self.monitor = resolve_monitor(MonitorSettings())
         # failures of parts outside the loop (reader threads, deploys); the
@@ -606,30 +604,9 @@ class WatchSession:
         return self.opts.timestamp_format or DEFAULT_TIMESTAMP_FORMAT
 
     def _hold_places(self, infos: list[PortInfo]) -> list[PortInfo]:
-        """`labgrid://PLACE` ports: the place is acquired now and held for the
-        whole session (nobody else can take it: that keeps trust sound); the
-        board is opened through the place's RFC 2217 port."""
-        out = []
-        for info in infos:
-            if not is_labgrid_url(info.url):
-                out.append(info)
-                continue
-            opened: dict[str, str] = {}  # the serial URL, once known (for on_lost)
-            place = info.url
-
-            def lost(why: str, place: str = place, opened: dict[str, str] = opened) -> None:
-                self._place_lost(place, opened.get("url"), why)
-
-            def waiting(line: str) -> None:
-                print(f"fbuild: {line}", file=sys.stderr, flush=True)
-
-            serial_url, lease = open_labgrid(  # labgrid itself is imported only here
-                place, wait=self.opts.wait_place, on_lost=lost, on_wait=waiting
-            )
-            opened["url"] = serial_url
-            self._leases.append(lease)
-            out.append(describe(serial_url))
-        return out
+        """labgrid places: acquired now and held for the session."""
+        self._held = hold_ports(infos, wait_place=self.opts.wait_place, on_lost=self._place_lost)
+        return self._held.infos
 
     def _place_lost(self, place: str, serial_url: str | None, why: str) -> None:
         """From the lease's thread: someone else may have the board now, so
@@ -786,11 +763,7 @@ class WatchSession:
         if self.project_lock is not None:
             self.project_lock.release()
             self.project_lock = None
-        leases, self._leases = self._leases, []
-        for lease in leases:  # labgrid places: given back (on Ctrl+C and SIGTERM too)
-            problem = lease.release()
-            if problem is not None:
-                print(f"fbuild: warning: {problem}", file=sys.stderr, flush=True)
+        self._held.release()  # labgrid places: given back (on Ctrl+C and SIGTERM too)
 
 
 def _bootloader_elf(layout: ValidatedLayout | None) -> Path | None:

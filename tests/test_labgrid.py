@@ -361,6 +361,51 @@ def test_deploy_through_a_place(lab: Lab, place: str, tmp_path: Path) -> None:
 
 
 @needs_labgrid
+def test_fbuild_deploy_to_a_place_holds_it_for_the_deploy(
+    lab: Lab, place: str, tmp_path: Path
+) -> None:
+    """`fbuild deploy --port labgrid://PLACE`: acquired, deployed through its
+    RFC 2217 port, released at the end."""
+    project = copy_example(tmp_path / "proj")
+    env = {**lab.env, "FBUILD_CACHE_DIR": str(tmp_path / "cache")}
+    built = subprocess.run(
+        [sys.executable, "-m", "fbuild_watch", "build", str(project)], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout
+    res = subprocess.run(
+        [sys.executable, "-m", "fbuild_watch", "deploy", str(project), "--port",
+         f"labgrid://{place}", "--json"], env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads(res.stdout)
+    outcome = doc[0] if isinstance(doc, list) else doc
+    assert outcome["ok"] and outcome["port"].startswith("rfc2217://"), outcome
+    assert lab.admin.holder(place) is None  # given back
+
+
+@needs_labgrid
+def test_fbuild_monitor_holds_the_place_while_it_runs(lab: Lab, place: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fbuild_watch", "monitor", "--port", f"labgrid://{place}",
+         "--json", "--no-reset", "--timeout", "60"], env=lab.env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the port is open: the place is ours
+            if '"port_state"' in line and '"connected"' in line:
+                break
+        assert lab.admin.holder(place) is not None
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert lab.admin.holder(place) is None  # released on SIGTERM
+
+
+@needs_labgrid
 def test_already_acquired_by_us_is_used_and_left_acquired(lab: Lab, place: str) -> None:
     """`labgrid-client acquire` first, then fbuild: labgrid's usual way of
     working. The place is ours either way; it stays acquired after we quit."""
