@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fbuild_watch.build.backends import Backend, detect_backend
-from fbuild_watch.build.objects import ObjectWatch
 from fbuild_watch.build.progress import BuildProgressTracker
 from fbuild_watch.build.runner import BuildResult, BuildRun
+from fbuild_watch.connect_ahead import Boards, ConnectAhead
 from fbuild_watch.errors import FbuildError, RuntimeFailure
 from fbuild_watch.events import (
     BuildFinished,
@@ -30,11 +30,13 @@ from fbuild_watch.events import (
     BuildProgress,
     BuildSkipped,
     BuildStarted,
+    Command,
     CycleFinished,
     Event,
     Failed,
     FilesChanged,
     LoopStarted,
+    LoopState,
     LoopStopped,
     Note,
     Paused,
@@ -44,16 +46,11 @@ from fbuild_watch.events import (
 )
 from fbuild_watch.failures import DebugLog, Supervisor
 from fbuild_watch.image.layout import ValidatedLayout
-from fbuild_watch.image.linkkey import file_stamp, link_key
 from fbuild_watch.watch.state import WatchSet
 from fbuild_watch.watch.watcher import Watcher, state_path_for
 
 Emit = Callable[[Event], None]
 
-# How often the build's outputs are looked at while it runs (a stat of the
-# ELF and of the most recently built objects): the boards can be taken into
-# their bootloaders as soon as an object or the ELF shows the image will change.
-LINK_POLL_S = 0.003
 # The file watcher is restarted (in polling mode) after an unexpected error;
 # this many failures within WATCHER_FAILURE_WINDOW_S end the loop instead.
 WATCHER_MAX_FAILURES = 3
@@ -70,21 +67,13 @@ async def _tick_until(build: asyncio.Future[Any], progress: BuildProgressTracker
             progress.tick()
 
 
-class Deployer(Protocol):
-    """Deploys a validated layout to every board; emits its own events."""
+class Deployer(Boards, Protocol):
+    """Deploys a validated layout to every board; emits its own events.
+    (`connect_ahead` and `back_to_app`: see connect_ahead.Boards.)"""
 
     async def deploy(self, layout: ValidatedLayout, *, full: bool, app_only: bool) -> bool: ...
 
     async def reset(self) -> None: ...
-
-    async def connect_ahead(self, link_key: str | None) -> None:
-        """The build linked an ELF whose loadable bytes hash to `link_key`
-        and is now making its image (None: it compiled an object that
-        changes what the last image was linked from, and has not linked
-        yet): connect ahead to every board that will need the serial link."""
-
-    async def back_to_app(self) -> None:
-        """No deploy follows a `connect_ahead`: boards return to their apps."""
 
     async def first_app_line(self, timeout: float = 5.0) -> float | None:
         """Monotonic time of the first line the new firmware printed on any
@@ -92,6 +81,14 @@ class Deployer(Protocol):
 
     def abort(self) -> None:
         """Interrupt deploys in progress (they then report `failed`)."""
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    """A deploy asked for without a build: a key, or a board that is back."""
+
+    full: bool = False
+    app_only: bool = False
 
 
 @dataclass
@@ -129,7 +126,7 @@ class Loop:
         self.on_busy = on_busy
         self.state_file = state_file or state_path_for(backend.output_dirs(), backend.project_dir)
         self.supervisor = Supervisor(self._report_failure, debug_log)
-        self.state = "idle"
+        self.state = LoopState.IDLE
         # part -> one line, for every part of the loop that stopped or failed
         # unexpectedly (the views show it; see LOOP.md, "Failure model")
         self.problems: dict[str, str] = {}
@@ -143,7 +140,7 @@ class Loop:
         self.last_layout: ValidatedLayout | None = None
         self._pending_changes: set[str] = set()
         self._forced: str | None = None  # "rebuild"
-        self._deploy_request: dict[str, bool] | None = None
+        self._deploy_request: DeployRequest | None = None
         self._change_at: float | None = None
         self._wake = asyncio.Event()
         self._quit = asyncio.Event()
@@ -153,13 +150,11 @@ class Loop:
         self._worker_waiting = False
         self._probe_task: asyncio.Future[None] | None = None
         self._deploy_fut: asyncio.Future[bool] | None = None
-        self._link_task: asyncio.Future[None] | None = None
-        self._preparing = False
-        self._objects: ObjectWatch | None = None
-        self._objects_refresh: asyncio.Future[None] | None = None
         self._aio: asyncio.AbstractEventLoop | None = None
         self._aio_thread: int | None = None
         self._watcher_failures: list[float] = []
+        # boards taken into their bootloaders while the build makes the image
+        self.ahead = ConnectAhead(deployer, self._background) if deployer is not None else None
 
     def _report_failure(self, part: str, message: str) -> None:
         """Called on whatever thread failed; handled on the loop's."""
@@ -203,38 +198,46 @@ class Loop:
         self.emit(
             FilesChanged(generation=self.generation, paths=sorted(paths)[:50], count=len(paths))
         )
-        if self.state == "building" and self.on_busy == "restart" and self._build_run is not None:
+        if (
+            self.state == LoopState.BUILDING
+            and self.on_busy == "restart"
+            and self._build_run is not None
+        ):
             self._build_run.cancel()
         self._wake.set()
 
     def command(self, name: str) -> None:
+        """A user's command (keys, stdin lines): see `events.Command`."""
         name = name.strip()
-        if name == "quit":
+        if name == Command.QUIT:
             self._quit.set()
             self._wake.set()
-        elif name == "rebuild":
+        elif name == Command.REBUILD:
             self._forced = "rebuild"
             self._wake.set()
-        elif name == "redeploy":
-            # a board that missed the last deploy is back; boards that hold it
-            # already trust-skip, so this costs them nothing
-            if self._deploy_request is None and self.last_layout is not None:
-                self.emit(Note(message="a board is back: deploying the last build"))
-                self._deploy_request = {"full": False, "app_only": False}
-                self._wake.set()
-        elif name in ("full-flash", "app-flash"):
-            self._deploy_request = {"full": name == "full-flash", "app_only": name == "app-flash"}
+        elif name in (Command.FULL_FLASH, Command.APP_FLASH):
+            self._deploy_request = DeployRequest(
+                full=name == Command.FULL_FLASH, app_only=name == Command.APP_FLASH
+            )
             self._wake.set()
-        elif name == "pause":
+        elif name == Command.PAUSE:
             self.paused = not self.paused
             if self.watcher is not None:
                 self.watcher.pause(self.paused)
             self.emit(Paused() if self.paused else Resumed())
-        elif name == "reset":
+        elif name == Command.RESET:
             if self.deployer is not None:
                 self._background(self.deployer.reset(), "reset")
         else:
             self.emit(Failed(message=f"unknown command {name!r}"))
+
+    def board_back(self) -> None:
+        """A board that missed the last deploy is back: the last good build
+        is deployed (boards that hold it already trust-skip, at no cost)."""
+        if self._deploy_request is None and self.last_layout is not None:
+            self.emit(Note(message="a board is back: deploying the last build"))
+            self._deploy_request = DeployRequest()
+            self._wake.set()
 
     # -- start-up ------------------------------------------------------------------
     def startup_scan(self, *, may_skip: bool = True) -> bool:
@@ -293,7 +296,7 @@ class Loop:
         self._forced = None
         changed = sorted(self._pending_changes)
         self._pending_changes.clear()
-        self.state = "building"
+        self.state = LoopState.BUILDING
         cycle.build_start = time.monotonic()
         if cycle.change_at is not None:
             cycle.timings["change_to_build_start"] = cycle.build_start - cycle.change_at
@@ -320,15 +323,10 @@ class Loop:
         fingerprint = self._fingerprint()
         run = BuildRun(self.backend, on_line, pointers=self.ws.pointers)
         self._build_run = run
-        elf = self._elf_path() if self.deployer is not None else None
-        before = file_stamp(elf) if elf is not None else None  # before the build can touch it
+        elf = self._elf_path() if self.ahead is not None else None
         build = asyncio.ensure_future(asyncio.to_thread(run.run))
-        if elf is not None:
-            objects = self._object_watch(elf)
-            self._link_task = asyncio.ensure_future(
-                self._watch_link(elf, before, build, cycle, objects)
-            )
-            self.supervisor.watch(self._link_task, "link watch")
+        if self.ahead is not None and elf is not None:
+            self.ahead.start(elf, build, cycle.timings, cycle.build_start)
         ticker = self._background(_tick_until(build, progress), "build progress")
         try:
             result = await build
@@ -341,7 +339,8 @@ class Loop:
             self._build_run = None
             ticker.cancel()
         cycle.build_end = time.monotonic()
-        await self._settle_link()
+        if self.ahead is not None:
+            await self.ahead.settle()
         cycle.timings["build"] = result.duration_s
         stale = self.generation != gen
         self.emit(BuildFinished(result=result, generation=gen, stale=stale))
@@ -402,94 +401,6 @@ class Loop:
         except FbuildError:  # e.g. a malformed platformio.ini: the build will say so
             return None
 
-    def _object_watch(self, elf: Path) -> ObjectWatch:
-        if self._objects is None or self._objects.elf != elf:
-            self._objects = ObjectWatch(elf.parent, elf)
-        return self._objects
-
-    def _refresh_objects(self) -> None:
-        """Summarise the objects of the build just made, in the background,
-        after the cycle (off the deploy's path); one refresh after another."""
-        watch, prev = self._objects, self._objects_refresh
-        if watch is None:
-            return
-
-        async def refresh() -> None:
-            if prev is not None:
-                with contextlib.suppress(Exception):
-                    await prev
-            await asyncio.to_thread(watch.refresh)
-
-        # a failure here only costs the next edit its head start, but is said
-        self._objects_refresh = self._background(refresh(), "object summaries")
-
-    async def _watch_link(
-        self,
-        elf: Path,
-        before: tuple[int, int, int] | None,
-        build: asyncio.Future[BuildResult],
-        cycle: Cycle,
-        objects: ObjectWatch,
-    ) -> None:
-        """While the build runs: once it has compiled an object whose code or
-        data differ from what the last image was linked from, or linked an
-        ELF with new loadable bytes, let the deployer connect ahead (the
-        image is still being made). `before`: the ELF's stamp from before
-        the build started."""
-        assert self.deployer is not None and cycle.build_start is not None
-        if self._objects_refresh is not None:  # what the last build left, first
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._objects_refresh)
-        watch = objects.start()
-        while not build.done():
-            await asyncio.sleep(LINK_POLL_S)
-            rewritten = watch.poll()
-            changes = bool(rewritten) and await asyncio.to_thread(watch.image_changes, rewritten)
-            if changes:
-                if build.done():
-                    return
-                cycle.timings["compiled"] = time.monotonic() - cycle.build_start
-                await self._connect_ahead(None, cycle)
-                return
-            stamp = file_stamp(elf)
-            if stamp is None or stamp == before:
-                continue
-            before = stamp
-            key = await asyncio.to_thread(link_key, elf)
-            if key is None or build.done():
-                continue  # not all written yet, or too late to gain anything
-            cycle.timings["linked"] = time.monotonic() - cycle.build_start
-            await self._connect_ahead(key, cycle)
-            return
-
-    async def _connect_ahead(self, key: str | None, cycle: Cycle) -> None:
-        assert self.deployer is not None and cycle.build_start is not None
-        self._preparing = True
-        try:
-            await self.deployer.connect_ahead(key)
-        finally:
-            self._preparing = False
-        cycle.timings["connected_ahead"] = time.monotonic() - cycle.build_start
-
-    async def _settle_link(self) -> None:
-        """The build is over: a connect ahead in progress is waited for (the
-        deploy takes it over); a watch that saw nothing yet stops."""
-        task, self._link_task = self._link_task, None
-        if task is None or task.done():
-            return
-        if self._preparing:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(task)
-        else:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-    async def _back_to_app(self) -> None:
-        if self.deployer is not None:
-            with contextlib.suppress(Exception):
-                await self.deployer.back_to_app()
-
     def _save_state(self, build_fingerprint: str) -> None:
         """The saved state only spares the next start a build: a failure to
         write it is one warning, then silence (it is retried each build)."""
@@ -521,7 +432,7 @@ class Loop:
     ) -> None:
         if self.deployer is None:
             return
-        self.state = "deploying"
+        self.state = LoopState.DEPLOYING
         t0 = time.monotonic()
         # Shielded: quitting never cancels a deploy half way; `run` waits for
         # it (or `abort` interrupts it, and it reports what is on flash).
@@ -529,7 +440,7 @@ class Loop:
             self.deployer.deploy(layout, full=full, app_only=app_only)
         )
         await asyncio.shield(fut)
-        self.state = "monitoring"
+        self.state = LoopState.MONITORING
         if cycle is not None:
             cycle.deploy_end = time.monotonic()
             cycle.timings["deploy"] = cycle.deploy_end - t0
@@ -553,7 +464,7 @@ class Loop:
                     more = await self._work_once()
                 except Exception as exc:
                     self.supervisor.failed("build worker", exc)
-                    self.state = "idle" if self.deployer is None else "monitoring"
+                    self.state = LoopState.IDLE if self.deployer is None else LoopState.MONITORING
                     more = False
                 if not more:
                     break
@@ -565,18 +476,15 @@ class Loop:
             self.history.append(cycle)
             del self.history[:-50]
             if result.ok and self.generation == gen and result.layout is not None:
-                req = self._deploy_request or {}
+                req = self._deploy_request or DeployRequest()
                 self._deploy_request = None
-                await self._deploy(
-                    result.layout,
-                    cycle,
-                    full=req.get("full", False),
-                    app_only=req.get("app_only", False),
-                )
-            elif not self._needs_build() and self._deploy_request is None:
-                # failed (or superseded) after linking: nothing to
-                # write, so no board stays in its bootloader
-                await self._back_to_app()
+                await self._deploy(result.layout, cycle, full=req.full, app_only=req.app_only)
+            elif (
+                not self._needs_build() and self._deploy_request is None and self.ahead is not None
+            ):
+                # failed (or superseded) after linking: nothing to write, so
+                # no board stays in its bootloader
+                await self.ahead.back_to_app()
             self.emit(
                 CycleFinished(
                     generation=gen,
@@ -589,13 +497,14 @@ class Loop:
                     ),
                 )
             )
-            self.state = "idle" if self.deployer is None else "monitoring"
-            self._refresh_objects()
+            self.state = LoopState.IDLE if self.deployer is None else LoopState.MONITORING
+            if self.ahead is not None:
+                self.ahead.refresh()
             return True
         if self._deploy_request is not None and self.last_layout is not None:
             req = self._deploy_request
             self._deploy_request = None
-            await self._deploy(self.last_layout, None, **req)
+            await self._deploy(self.last_layout, None, full=req.full, app_only=req.app_only)
             return True
         return False
 
@@ -662,11 +571,10 @@ class Loop:
         if need:
             self._forced = "startup"
         elif self.last_layout is not None and self.deployer is not None:
-            self._deploy_request = {"full": False, "app_only": False}
-        elf = self._elf_path() if self.deployer is not None else None
-        if elf is not None:  # what the objects on disk hold, for the first edit
-            self._object_watch(elf)
-            self._refresh_objects()
+            self._deploy_request = DeployRequest()
+        elf = self._elf_path() if self.ahead is not None else None
+        if self.ahead is not None and elf is not None:
+            self.ahead.prime(elf)  # what the objects on disk hold, for the first edit
         self._wake.set()
         tasks = [asyncio.ensure_future(self._supervised(self._worker(), "build worker"))]
         if self.watcher is not None:
@@ -697,8 +605,9 @@ class Loop:
                 )
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._deploy_fut)
-            await self._settle_link()
-            await self._back_to_app()
+            if self.ahead is not None:
+                await self.ahead.settle()
+                await self.ahead.back_to_app()
             if self._saves:  # the next start relies on the saved state
                 await asyncio.gather(*self._saves, return_exceptions=True)
             stats = vars(self.watcher.stats) if self.watcher is not None else {}

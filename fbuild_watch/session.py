@@ -176,7 +176,7 @@ class BoardSession:
         if state == "connected":
             self.ever_connected = True
         if state == "connected" and self.needs_deploy:
-            self.session.command_threadsafe("redeploy")
+            self.session.board_back_threadsafe()
 
     def _on_progress(self, p: WriteProgress) -> None:
         """A write in progress (on the worker thread, <= 10 a second)."""
@@ -718,6 +718,12 @@ class WatchSession:
     def _background_job(self, b: BoardSession, job: Callable[[], object], what: str) -> None:
         """A board job nobody waits for: its failure is said."""
         self._said_if_failed(b, b.conn.submit(job), f"{what} failed")
+
+    def board_back_threadsafe(self) -> None:
+        """From a board's worker: a board that missed a deploy is back."""
+        aio, loop = self._aio, self.loop
+        if aio is not None and aio.is_running() and loop is not None:
+            aio.call_soon_threadsafe(loop.board_back)
 
     def command_threadsafe(self, name: str) -> None:
         aio = self._aio
