@@ -690,7 +690,7 @@ class WatchSession:
             self.send(name[len(Command.SEND) + 1 :])
         elif name == Command.BOOTLOADER:
             for b in self.boards:
-                self._background_job(b, b.deployer.connect_ahead, "hold in the bootloader")
+                self._background_job(b, functools.partial(self._hold, b), "hold in the bootloader")
         elif self.loop is not None:
             self.loop.command(name)
         elif name == Command.RESET:
@@ -714,6 +714,15 @@ class WatchSession:
                 self.emit_threadsafe(Failed(message=f"{b.info.url}: {what}: {exc}"))
 
         fut.add_done_callback(done)
+
+    def _hold(self, b: BoardSession) -> None:
+        """Ctrl+T Ctrl+P: the board in its ROM bootloader (download mode),
+        held until `r` (or a deploy) takes it back into the app."""
+        if not b.deployer.connect_ahead():
+            raise RuntimeFailure("the board did not enter its bootloader")
+        self.emit_threadsafe(
+            Note(message=f"{b.label}: held in its ROM bootloader; r resets it into the app")
+        )
 
     def _background_job(self, b: BoardSession, job: Callable[[], object], what: str) -> None:
         """A board job nobody waits for: its failure is said."""

@@ -449,6 +449,7 @@ class WatchApp(App[int]):
         if message.input.id == "send":
             # the line to the board in the active tab; the box stays for the next one
             self._send_bytes(message.value)
+            self.notify(f"sent to {self._active_board()}: {message.value!r}", timeout=1.5)
             message.input.value = ""
             return
         try:
