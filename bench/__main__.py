@@ -22,6 +22,7 @@ BENCHMARKS = {
     "loop": "Loop: save to first log line, and the log pane",
     "soak": "Soak: edits and faults, invariants checked after every step",
     "sim_soak": "Soak: one-shot processes on sim://",
+    "boards": "Boards at scale",
     "conformance": "Virtual board conformance",
 }
 

@@ -218,3 +218,29 @@ def test_second_client_of_an_rfc2217_server_is_port_busy(served: str) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_plain_rfc2217_url_works_with_esptools_server(served: str) -> None:
+    """esptool's esp_rfc2217_server never confirms SET_CONTROL: pyserial
+    gave up after 3 s on `rfc2217://HOST:PORT` without `?ign_set_control`."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        tcp_port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "esp_rfc2217_server", "-p", str(tcp_port), served],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "Waiting for connection" in line:
+                break
+        worker = BoardWorker(describe(f"rfc2217://127.0.0.1:{tcp_port}"))
+        worker.open()
+        try:
+            assert worker.state == "connected"
+        finally:
+            worker.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -62,6 +62,17 @@ def is_network(url: str) -> bool:
     return "://" in url and scheme_for(url) is None
 
 
+def pyserial_url(url: str) -> str:
+    """What pyserial opens for `url`. An RFC 2217 URL gets `ign_set_control`
+    unless it has it: esptool's `esp_rfc2217_server` (pyserial's
+    PortManager) never confirms SET_CONTROL, so pyserial would give up after
+    3 s ("timeout while waiting for option 'control'"); the option only
+    skips waiting for that confirmation, which no server needs."""
+    if url.startswith("rfc2217://") and "ign_set_control" not in url:
+        return url + ("&" if "?" in url else "?") + "ign_set_control"
+    return url
+
+
 def present(info: PortInfo) -> bool:
     scheme = scheme_for(info.url)
     if scheme is not None:

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import serial
 from esptool.loader import DEFAULT_SERIAL_WRITE_TIMEOUT, DEFAULT_TIMEOUT, ESP_ROM_BAUD
 
-from fbuild_watch.deploy.ports import PortInfo, is_network, present
+from fbuild_watch.deploy.ports import PortInfo, is_network, present, pyserial_url
 from fbuild_watch.errors import RuntimeFailure
 
 log = logging.getLogger(__name__)
@@ -266,7 +266,7 @@ class BoardWorker:
     def _open_port(self) -> None:
         try:
             port = serial.serial_for_url(
-                self.url,
+                pyserial_url(self.url),
                 baudrate=self.baud,
                 timeout=READ_TIMEOUT_S,
                 exclusive=True,
