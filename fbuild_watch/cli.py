@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fbuild_watch import __version__
-from fbuild_watch.errors import FbuildError, RuntimeFailure, UsageError
+from fbuild_watch.errors import FbuildError, UsageError
 
 if TYPE_CHECKING:
     from fbuild_watch.build.backends import Backend
@@ -268,73 +268,9 @@ def _lnk(args: argparse.Namespace) -> int:
 
 
 def _sim_serve(args: argparse.Namespace) -> int:
-    import signal
+    from fbuild_watch.sim import serve_cli  # its own parser: sim/ loads esptool and unicorn
 
-    from fbuild_watch.sim import registry
-    from fbuild_watch.sim.flash import FlashImageError, FlashInUse
-    from fbuild_watch.sim.server import BoardServer
-
-    host, _, port_text = args.listen.rpartition(":")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise UsageError(f"--listen expects HOST:PORT, got {args.listen!r}") from None
-    try:
-        name = registry.check_name(args.name)
-        mac = registry.parse_mac(args.mac) if args.mac else None
-        flash_size, flash_id = registry.flash_part(args.flash_size, args.flash_id)
-    except registry.SimUrlError as exc:
-        raise UsageError(str(exc)) from None
-    flash: Path | None = Path(args.flash) if args.flash else registry.default_flash_path(name)
-    if args.no_persist:
-        flash = None
-    opts = registry.SimOptions(
-        name, flash, args.timing, False, args.boot, mac, flash_size, flash_id
-    )
-    # Stop signals are taken synchronously (sigwait) by this thread: blocked
-    # before the board's and server's threads start, so they inherit the mask
-    # (no other thread takes the signal) and no handler runs mid-shutdown.
-    stop_signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    try:
-        try:
-            board = registry.make_board(opts)  # holds the flash file: one board per file
-        except FlashInUse as exc:
-            raise RuntimeFailure(
-                f"board '{name}' is busy: its flash {exc.path} is held by {exc.holder}"
-            ) from None
-        except FlashImageError as exc:
-            raise RuntimeFailure(str(exc)) from None
-        except OSError as exc:
-            raise RuntimeFailure(f"cannot use flash file {flash}: {exc.strerror}") from None
-        try:
-            server = BoardServer(
-                board,
-                host or "127.0.0.1",
-                port,
-                on_event=lambda t: print(t, flush=True),
-                protocol=args.protocol,
-            )
-        except OSError as exc:
-            board.close()
-            raise RuntimeFailure(f"cannot listen on {args.listen}: {exc.strerror}") from None
-    except BaseException:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        raise
-    print(
-        f"virtual ESP32-C3 '{name}' on {server.url} (flash: {flash or 'memory only'}, "
-        f"timing: {args.timing}, boot: {args.boot}, mac: {board.identity.mac.hex(':')})",
-        flush=True,
-    )
-    server.start()
-    try:
-        signal.sigwait(stop_signals)
-    finally:
-        server.stop()
-        board.close()  # saves the flash image and frees the file for another board
-    saved = f"flash saved to {flash}" if flash else "flash was memory only"
-    print(f"stopped ({saved})", flush=True)
-    return 0
+    return serve_cli.main(args.argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -558,41 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("sim", help="the virtual ESP32-C3 board")
     sim_sub = sim.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
-    serve = sim_sub.add_parser(
-        "serve",
-        help="serve a virtual board over TCP (socket://) for a separate esptool",
-        description=(
-            "Expose one virtual ESP32-C3 over TCP. esptool reaches it as socket://HOST:PORT "
-            "(with no reset lines it uses no-reset, so the board starts in download mode). "
-            "One client at a time; the board keeps its state between clients (a stub left "
-            "running, its baud rate) as a real chip does. The flash image persists between "
-            "runs and belongs to one board at a time: a second server or a sim://NAME on the "
-            "same file is refused as busy. Ctrl+C or SIGTERM stops it with the flash saved."
-        ),
-    )
-    serve.add_argument("--listen", default="127.0.0.1:5555", metavar="HOST:PORT")
-    serve.add_argument(
-        "--protocol",
-        choices=["raw", "rfc2217"],
-        default="raw",
-        help="raw TCP (socket://, no reset lines: the default) or RFC 2217 (rfc2217://: "
-        "DTR/RTS and baud changes travel, as with esptool's esp_rfc2217_server)",
-    )
-    serve.add_argument("--name", default="served", help="board name (flash file name)")
-    serve.add_argument("--flash", metavar="FILE", help="flash image file (default: user cache dir)")
-    serve.add_argument("--no-persist", action="store_true", help="keep the flash in memory only")
-    serve.add_argument("--timing", choices=["realistic", "instant"], default="realistic")
-    serve.add_argument(
-        "--boot",
-        choices=["download", "app"],
-        default="download",
-        help="start in the ROM loader (default) or boot the app",
-    )
-    serve.add_argument("--mac", help="chip MAC (default: derived from the name)")
-    serve.add_argument("--flash-size", metavar="SIZE", help="2MB, 4MB (default), 8MB or 16MB")
-    serve.add_argument(
-        "--flash-id", metavar="JEDEC", help="flash JEDEC id in hex, e.g. c84016 (GigaDevice 4MB)"
-    )
+    help_ = "serve virtual boards over TCP (socket:// or rfc2217://) for a separate esptool"
+    serve = sim_sub.add_parser("serve", help=help_, add_help=False, prefix_chars="\0")
+    serve.add_argument("argv", nargs=argparse.REMAINDER)  # all to _sim_serve, -h included
     serve.set_defaults(func=_sim_serve)
     sim.set_defaults(func=lambda _a: _usage(sim))
     return parser

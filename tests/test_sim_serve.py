@@ -1,11 +1,13 @@
 """`fbuild sim serve` as a device: sequential esptool clients on one board
 that keeps its state between them (stub reuse, baud), a clean stop on
-Ctrl+C / SIGTERM with the flash saved, and one board per flash file."""
+Ctrl+C / SIGTERM with the flash saved, one board per flash file, and
+several boards from one command (`--board NAME=HOST:PORT`)."""
 
 from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -136,14 +138,60 @@ def test_second_client_at_once_is_refused(env: dict[str, str]) -> None:
     try:
         first = serial.serial_for_url(s.url, timeout=1)
         with first:
-            second = serial.serial_for_url(s.url, timeout=1)
+            second = serial.serial_for_url(s.url, timeout=5)
             with second, pytest.raises(serial.SerialException, match="socket disconnected"):
-                second.read(1)  # the server closed it at once: the port is busy
+                second.read(1)  # the server closed it: the port is busy
         out = esptool(s, env, "flash-id")  # and the board serves the next one
         assert "Manufacturer:" in out
     finally:
         code, _, out = s.stop(signal.SIGTERM)
     assert code == 0 and "refused" in out and "busy" in out
+
+
+SYNC = b"\xc0\x00\x08\x24\x00\x00\x00\x00\x00\x07\x07\x12\x20" + b"\x55" * 32 + b"\xc0"
+
+
+def synced(port: serial.SerialBase) -> bytes:
+    """SYNC until the loader answers, as esptool does; what came back."""
+    seen = b""
+    for _ in range(25):
+        port.write(SYNC)
+        seen += port.read(4096)
+        if b"\xc0\x01\x08" in seen:
+            break
+    return seen
+
+
+def _drop(port: serial.SerialBase) -> None:
+    """The client's end of the connection closed at once, as when its process
+    exits (pyserial's own close() of an RFC 2217 port then waits 0.3 s)."""
+    sock = getattr(port, "_socket", None)
+    if sock is not None:
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+
+@pytest.mark.parametrize("protocol", ["raw", "rfc2217"])
+def test_a_client_right_after_the_last_one_left_is_served(
+    env: dict[str, str], protocol: str
+) -> None:
+    """One process's port closes and the next opens it at once, as esptool's
+    suite does between tests: the server may still be tearing the first
+    connection down, and must not refuse the second as busy (esptool's
+    esp_rfc2217_server queues it; a closed serial port is free at once)."""
+    s = serve(env, "--no-persist", "--timing", "instant", "--protocol", protocol)
+    old: list[serial.SerialBase] = []
+    try:
+        for _ in range(5):
+            port = serial.serial_for_url(s.url, baudrate=115200, timeout=0.2)
+            old.append(port)
+            assert b"\xc0\x01\x08" in synced(port)  # served, not closed as busy
+            _drop(port)
+    finally:
+        for each in old:
+            each.close()
+        code, _, out = s.stop(signal.SIGTERM)
+    assert code == 0 and "refused" not in out, out
 
 
 def test_serve_rejects_bad_names_and_options(env: dict[str, str]) -> None:
@@ -207,3 +255,137 @@ def test_rfc2217_carries_resets_and_the_baud(env: dict[str, str]) -> None:
         code, _, out = s.stop(signal.SIGTERM)
     assert code == 0, out
     assert out.count("connected (RFC 2217)") == 2
+
+
+def serve_boards(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """`fbuild sim serve --board ...`: the process and each board's URL, from
+    the banner lines it prints before serving."""
+    names = [args[i + 1].split("=", 1)[0] for i, a in enumerate(args) if a == "--board"]
+    proc = subprocess.Popen(
+        [*FBUILD, "sim", "serve", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        text=True, env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    urls: dict[str, str] = {}
+    for _ in names:
+        line = proc.stdout.readline()
+        m = re.search(r"virtual ESP32-C3 '([^']+)' on ((?:socket|rfc2217)://\S+)", line)
+        if m is None:
+            proc.kill()
+            raise AssertionError(f"no server: {line}{proc.communicate()[0]}")
+        urls[m.group(1)] = m.group(2)
+    assert sorted(urls) == sorted(names), urls
+    return proc, urls
+
+
+def esptool_start(env: dict[str, str], url: str, image: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "esptool", "--chip", "esp32c3", "--port", url,
+         "--baud", "460800", "write-flash", "0x10000", image],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+
+
+def stop(proc: subprocess.Popen[str], sig: int) -> tuple[int, float, str]:
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=10)
+    return proc.returncode, time.monotonic() - t0, out
+
+
+def test_two_boards_from_one_command_flashed_at_once(env: dict[str, str], tmp_path: Path) -> None:
+    """`--board NAME=HOST:PORT` twice: two boards, each its own flash file in
+    the sim directory, flashed by two esptool processes at the same time;
+    SIGTERM stops both at once with both flashes saved."""
+    import random
+
+    images = {n: tmp_path / f"{n}.bin" for n in ("left", "right")}
+    for i, path in enumerate(images.values()):
+        path.write_bytes(random.Random(i).randbytes(0x8000))
+    proc, urls = serve_boards(
+        env, "--board", "left=127.0.0.1:0", "--board", "right=127.0.0.1:0",
+        "--timing", "instant",
+    )  # fmt: skip
+    try:
+        assert urls["left"] != urls["right"]
+        clients = {n: esptool_start(env, urls[n], str(images[n])) for n in urls}
+        for n, c in clients.items():
+            out, _ = c.communicate(timeout=120)
+            assert c.returncode == 0 and "Hash of data verified" in out, (n, out)
+    finally:
+        code, took, out = stop(proc, signal.SIGTERM)
+    assert code == 0 and took < 1.0, (code, took, out)
+    sim_dir = Path(env["FBUILD_SIM_DIR"])
+    for n, image in images.items():
+        assert f"stopped '{n}' (flash saved to {sim_dir / f'{n}.flash'})" in out, out
+        assert f"{n}: client" in out  # each board's events carry its name
+        flash = (sim_dir / f"{n}.flash").read_bytes()
+        assert flash[0x10000:0x18000] == image.read_bytes(), n
+
+
+def test_several_boards_stop_within_a_second_with_clients_connected(
+    env: dict[str, str],
+) -> None:
+    names = ("a", "b", "c")
+    args = [x for n in names for x in ("--board", f"{n}=127.0.0.1:0")]
+    proc, urls = serve_boards(env, *args, "--protocol", "rfc2217")
+    sync = b"\xc0\x00\x08\x24\x00\x00\x00\x00\x00\x07\x07\x12\x20" + b"\x55" * 32 + b"\xc0"
+    ports = [
+        serial.serial_for_url(f"{urls[n]}?ign_set_control", baudrate=115200, timeout=0.2)
+        for n in names
+    ]
+    try:
+        for port in ports:  # each client is being served (its board answers SYNC)
+            seen = b""
+            for _ in range(25):
+                port.write(sync)
+                seen += port.read(4096)
+                if b"\xc0\x01\x08" in seen:
+                    break
+            assert b"\xc0\x01\x08" in seen, seen
+        code, took, out = stop(proc, signal.SIGINT)
+    finally:
+        for port in ports:
+            port.close()
+    assert code == 0 and took < 1.0, (code, took, out)
+    sim_dir = Path(env["FBUILD_SIM_DIR"])
+    for n in names:
+        assert f"stopped '{n}' (flash saved to {sim_dir / f'{n}.flash'})" in out, out
+        assert (sim_dir / f"{n}.flash").stat().st_size == 4 << 20
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--board", "a=127.0.0.1:0", "--name", "x"], "--name describe a single board"),
+        (["--board", "a=127.0.0.1:0", "--listen", "127.0.0.1:0"], "--listen describe"),
+        (["--board", "a=127.0.0.1:0", "--board", "a=127.0.0.1:0"], "board 'a' is given twice"),
+        (["--board", "a=127.0.0.1:7", "--board", "b=127.0.0.1:7"], "two boards on 127.0.0.1:7"),
+        (["--board", "a"], "--board expects NAME=HOST:PORT, got 'a'"),
+        (["--board", "a=127.0.0.1:x"], "--board a expects HOST:PORT"),
+        (["--board", "../a=127.0.0.1:0"], "board name must be"),
+    ],
+)
+def test_board_option_errors(env: dict[str, str], args: list[str], message: str) -> None:
+    res = subprocess.run(
+        [*FBUILD, "sim", "serve", *args], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+
+
+def test_one_busy_board_refuses_the_command(env: dict[str, str]) -> None:
+    """All or none: a board whose flash another server holds fails the whole
+    command, naming that board, before any board is served."""
+    holder = serve(env, "--name", "b", "--timing", "instant")
+    try:
+        res = subprocess.run(
+            [*FBUILD, "sim", "serve", "--board", "a=127.0.0.1:0", "--board", "b=127.0.0.1:0"],
+            capture_output=True, text=True, env=env, timeout=30,
+        )  # fmt: skip
+        assert res.returncode == 1, res.stdout + res.stderr
+        line = res.stderr.strip().splitlines()[-1]
+        assert "board 'b' is busy" in line and f"process {holder.proc.pid}" in line, line
+        assert "virtual ESP32-C3" not in res.stdout  # nothing was served
+    finally:
+        assert holder.stop(signal.SIGTERM)[0] == 0

@@ -3,7 +3,8 @@
 A separate esptool process reaches it as `socket://HOST:PORT`; esptool then
 uses `no-reset` (TCP carries no modem lines), so the served board starts in
 download mode unless told otherwise. One client at a time, like a serial
-port: a second connection is closed at once while the first is open.
+port: a second connection is closed at once while the first is open; one that
+comes as the first leaves is served when it has gone.
 
 The board outlives its clients, as a chip outlives the host programs that
 open its port: a stub left running (`--after no-reset-stub`), the UART baud
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 import serial
@@ -34,6 +36,12 @@ from fbuild_watch.sim.board import Disconnected, VirtualBoard
 
 ACCEPT_POLL_S = 0.1  # how soon stop() is noticed by the accept loop
 READ_POLL_S = 0.05
+# A client that connects while another has the board is refused once that
+# one is still there after LEAVE_GRACE_S (well inside the 0.1 s in which the
+# deploy side takes a close as "busy"); if that one has gone (its connection
+# closed) the newcomer waits up to TEARDOWN_WAIT_S for the board instead.
+LEAVE_GRACE_S = 0.05
+TEARDOWN_WAIT_S = 2.0
 
 
 class BoardServer:
@@ -61,6 +69,7 @@ class BoardServer:
         self.clients_served = 0
         self._stop = threading.Event()
         self._busy = threading.Lock()
+        self._gone = threading.Event()  # the current client's connection has closed
         self._thread: threading.Thread | None = None
         self._bridges: list[threading.Thread] = []
 
@@ -84,19 +93,40 @@ class BoardServer:
             except OSError:
                 break
             peer = f"{addr[0]}:{addr[1]}"
-            if not self._busy.acquire(blocking=False):
+            if self._claim():
+                self._gone = threading.Event()
+            else:
                 conn.close()  # the port is busy: one client at a time
-                self.on_event(f"refused {peer}: the board is busy with another client")
+                if not self._stop.is_set():
+                    self.on_event(f"refused {peer}: the board is busy with another client")
                 continue
             bridge = threading.Thread(
-                target=self._bridge, args=(conn, peer), name=f"sim-client-{peer}", daemon=True
+                target=self._bridge,
+                args=(conn, peer, self._gone),
+                name=f"sim-client-{peer}",
+                daemon=True,
             )
             self._bridges = [t for t in self._bridges if t.is_alive()] + [bridge]
             bridge.start()
 
-    def _bridge(self, conn: socket.socket, peer: str) -> None:
+    def _claim(self) -> bool:
+        """The board's port for the client just accepted: at once if free; if
+        the client before it has gone but is still being torn down (one
+        process closes the port and the next opens it, as esptool's runs
+        do), when that is done, as esptool's esp_rfc2217_server queues it
+        and a closed serial port is free at once; else refused."""
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            if self._busy.acquire(timeout=0.01):
+                return True
+            limit = TEARDOWN_WAIT_S if self._gone.is_set() else LEAVE_GRACE_S
+            if time.monotonic() - t0 >= limit:
+                break
+        return False
+
+    def _bridge(self, conn: socket.socket, peer: str, gone: threading.Event) -> None:
         if self.protocol == "rfc2217":
-            self._bridge_rfc2217(conn, peer)
+            self._bridge_rfc2217(conn, peer, gone)
             return
         board = self.board
         try:
@@ -111,16 +141,24 @@ class BoardServer:
             # the next client, as a chip does when its host program exits.
             board.close_port(epoch)
 
+        cancel = threading.Event()
+
+        def cancel_read() -> None:
+            cancel.set()
+            board.wake_host_readers()
+
         self._relay(
             conn,
             peer,
+            gone,
             to_board=lambda data: board.host_write(epoch, data),
-            from_board=lambda: board.host_read(epoch, 65536, READ_POLL_S),
+            from_board=lambda: board.host_read(epoch, 65536, READ_POLL_S, cancel),
+            cancel_read=cancel_read,
             close=close,
             errors=(Disconnected,),
         )
 
-    def _bridge_rfc2217(self, conn: socket.socket, peer: str) -> None:
+    def _bridge_rfc2217(self, conn: socket.socket, peer: str, gone: threading.Event) -> None:
         """esptool's `esp_rfc2217_server` redirector, over the board's port."""
         try:
             port = serial.serial_for_url(f"sim://{self.board.name}", timeout=READ_POLL_S)
@@ -144,8 +182,10 @@ class BoardServer:
         self._relay(
             conn,
             peer,
+            gone,
             to_board=lambda data: port.write(b"".join(manager.filter(data))),
             from_board=from_board,
+            cancel_read=port.cancel_read,
             close=port.close,  # the board keeps running for the next client
             errors=(serial.SerialException,),
         )
@@ -159,14 +199,17 @@ class BoardServer:
         self,
         conn: socket.socket,
         peer: str,
+        gone: threading.Event,
         *,
         to_board: Callable[[bytes], object],
         from_board: Callable[[], bytes],
+        cancel_read: Callable[[], None],
         close: Callable[[], None],
         errors: tuple[type[Exception], ...],
     ) -> None:
         """Bytes both ways until the client or the server goes; then the
-        board's side is closed and the next client may come."""
+        board's side is closed and the next client may come. `gone` is set
+        when the client's side has closed (a newcomer then waits for us)."""
         self.clients_served += 1
         expected: tuple[type[Exception], ...] = (OSError, *errors)  # a side went away
         done = threading.Event()
@@ -181,7 +224,10 @@ class BoardServer:
             except expected:
                 pass
             finally:
+                gone.set()
                 done.set()
+                with contextlib.suppress(*expected):
+                    cancel_read()  # the downlink's read returns now, not at its poll
 
         up = threading.Thread(target=uplink, name=f"sim-uplink-{peer}", daemon=True)
         up.start()
@@ -193,6 +239,7 @@ class BoardServer:
         except expected:
             pass
         finally:
+            gone.set()  # ending either way: a newcomer waits for the board
             done.set()
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
@@ -202,11 +249,16 @@ class BoardServer:
             self._busy.release()
             self.on_event(f"client {peer} left")
 
-    def stop(self) -> None:
-        """Stop accepting and end the open connection (the board is not closed)."""
+    def request_stop(self) -> None:
+        """Stop accepting and tell the open connection to end, without waiting
+        (several servers stopped together each wait once, side by side)."""
         self._stop.set()
         with contextlib.suppress(OSError):
             self.sock.close()
+
+    def stop(self) -> None:
+        """Stop accepting and end the open connection (the board is not closed)."""
+        self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout=2)
         for bridge in self._bridges:

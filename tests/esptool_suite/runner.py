@@ -23,13 +23,21 @@ import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 import fbuild_watch
-from tests.esptool_suite.expected import SERVE, SIM, Expected, expected_for
+from tests.esptool_suite.expected import (
+    RFC2217,
+    SERVE,
+    SIM,
+    TRANSPORTS,
+    Expected,
+    expected_for,
+)
 
 UPSTREAM = Path(__file__).resolve().parent / "upstream"
 CHIP = "esp32c3"
@@ -53,6 +61,8 @@ class SuiteRun:
     server_returncode: int | None = None
     server_log: Path | None = None
     skip_reasons: dict[str, int] = field(default_factory=dict)
+    selected: list[str] | None = None  # node ids, when a plan chose them
+    shards: int = 1  # boards the run was spread over, each with its own pytest
 
     def ids(self, outcome: str) -> list[str]:
         return [t for t, o in self.outcomes.items() if o == outcome]
@@ -65,7 +75,15 @@ class SuiteRun:
 
     def unknown_expected(self) -> list[str]:
         """Listed in expected.py but not in the suite (a typo, or a rename upstream)."""
+        if self.selected is not None:  # only part of it may have run: that part can tell
+            ran = {test_id(n) for n in self.selected}
+            return [t for t in self.expected if t in ran and t not in self.outcomes]
         return [t for t in self.expected if t not in self.outcomes]
+
+    def not_run(self) -> list[str]:
+        """Node ids a plan chose that have no outcome (pytest did not find them)."""
+        chosen = {n.split("::", 1)[1] for n in self.selected or []}
+        return sorted(chosen - set(self.outcomes))
 
     def counts(self) -> dict[str, int]:
         failed = self.ids("failed")
@@ -81,7 +99,7 @@ class SuiteRun:
     def summary(self) -> str:
         lines = [
             f"esptool suite over {self.transport} ({self.port}): {self.counts()} "
-            f"in {self.seconds:.0f} s; log {self.log}"
+            f"in {self.seconds:.0f} s on {self.shards} board(s); log {self.log}"
         ]
         lines.append(f"  skipped, by reason: {self.skip_reasons}")
         lines += [f"  FAILED {t}: {self.messages.get(t, '')}" for t in self.unexpected_failures()]
@@ -91,6 +109,7 @@ class SuiteRun:
         lines += [
             f"  expected.py names a test the suite lacks: {t}" for t in self.unknown_expected()
         ]
+        lines += [f"  chosen but not run: {t}" for t in self.not_run()]
         if self.server_returncode not in (None, 0):
             lines.append(
                 f"  fbuild sim serve exited {self.server_returncode} on SIGTERM; log "
@@ -146,17 +165,18 @@ def sim_url(workdir: Path) -> str:
 
 
 @contextlib.contextmanager
-def served_board(workdir: Path, env: dict[str, str]) -> Iterator[tuple[str, ServerExit]]:
-    """`fbuild sim serve` (raw TCP) on a free loopback port for the duration;
-    yields its socket:// URL and, filled in on exit, how the server ended.
-    (Not `--protocol rfc2217`: pyserial's RFC 2217 client sleeps 0.1-0.15 s
-    for every control-line and timeout change, ~0.3 s per esptool command,
-    which would take the suite past an hour.)"""
+def served_board(
+    workdir: Path, env: dict[str, str], protocol: str = "raw"
+) -> Iterator[tuple[str, ServerExit]]:
+    """`fbuild sim serve --protocol PROTOCOL` on a free loopback port for the
+    duration; yields the URL esptool is given (socket://, or rfc2217://
+    with `?ign_set_control` as esptool's docs give it for its own RFC 2217
+    server) and, filled in on exit, how the server ended."""
     log = workdir / "serve.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "fbuild_watch", "sim", "serve", "--listen", "127.0.0.1:0",
          "--timing", "instant", "--name", "esptool-suite",
-         "--flash", str(workdir / "served.flash")],
+         "--flash", str(workdir / "served.flash"), "--protocol", protocol],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         text=True, env=env,
     )  # fmt: skip
@@ -178,13 +198,14 @@ def served_board(workdir: Path, env: dict[str, str]) -> Iterator[tuple[str, Serv
     pump.start()
     ended = ServerExit(log)
     try:
-        match = re.search(r"socket://[\d.]+:\d+", first)
+        match = re.search(r"(?:socket|rfc2217)://[\d.]+:\d+", first)
         if match is None:
             proc.terminate()
             proc.wait(timeout=10)
             pump.join(timeout=5)
             raise RuntimeError(f"fbuild sim serve did not start: {log.read_text()!r}")
-        yield match.group(0), ended
+        url = match.group(0) + ("?ign_set_control" if protocol == "rfc2217" else "")
+        yield url, ended
     finally:
         proc.terminate()
         try:
@@ -214,63 +235,159 @@ def parse_junit(path: Path) -> tuple[dict[str, str], dict[str, str]]:
     return outcomes, messages
 
 
-def run_suite(transport: str, workdir: Path, extra_args: tuple[str, ...] = ()) -> SuiteRun:
-    """Run the whole suite once with --chip esp32c3 against a fresh board."""
-    test_dir = stage(workdir)
-    env = suite_env(workdir)
+def _pytest(workdir: Path, *args: str) -> list[str]:
+    test_dir = workdir / "test"
+    return [sys.executable, "-m", "pytest", "-c", str(workdir / "pytest.ini"),
+            "--rootdir", str(test_dir), "-p", "no:cacheprovider", "--chip", CHIP, *args]  # fmt: skip
+
+
+def collect(workdir: Path, env: dict[str, str]) -> list[str]:
+    """The suite's tests in its own order, as pytest node ids relative to the
+    test directory (`test_esptool.py::TestX::test_y[param]`)."""
+    res = subprocess.run(
+        _pytest(workdir, "test_esptool.py", "--collect-only", "-q"),
+        cwd=workdir / "test", env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    ids = [line for line in res.stdout.splitlines() if line.startswith("test_esptool.py::")]
+    if res.returncode != 0 or not ids:
+        raise RuntimeError(f"cannot collect esptool's suite (exit {res.returncode}): {res.stdout}")
+    return ids
+
+
+def test_id(node_id: str) -> str:
+    """`test_esptool.py::TestX::test_y[p]` -> `TestX::test_y` (expected.py's ids)."""
+    return node_id.split("::", 1)[1].split("[", 1)[0]
+
+
+# A plan splits the suite's node ids (in order) into shards: each runs in its
+# own pytest process against its own board, all at once.
+Plan = Callable[[list[str]], list[list[str]]]
+
+
+def blocks(n: int) -> Plan:
+    """The whole suite in `n` consecutive blocks: every test once, each after
+    the test before it in the suite, as in one run (the first of each block
+    finds a fresh board)."""
+
+    def plan(order: list[str]) -> list[list[str]]:
+        size = -(-len(order) // n)
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+    return plan
+
+
+def deal(tests: Collection[str], n: int) -> Plan:
+    """`tests` (test ids) dealt round-robin into at most `n` shards, in suite
+    order within each."""
+
+    def plan(order: list[str]) -> list[list[str]]:
+        missing = set(tests) - {test_id(node) for node in order}
+        if missing:
+            raise RuntimeError(f"not in esptool's suite: {', '.join(sorted(missing))}")
+        picked = [node for node in order if test_id(node) in tests]
+        return [picked[k::n] for k in range(min(n, len(picked)))]
+
+    return plan
+
+
+def merge_shards(
+    outcomes: list[tuple[dict[str, str], dict[str, str]]],
+) -> tuple[dict[str, str], dict[str, str]]:
+    """One outcome per test over shards (a test run in several: its worst)."""
+    rank = {"failed": 2, "passed": 1, "skipped": 0}
+    merged: dict[str, str] = {}
+    messages: dict[str, str] = {}
+    for outs, msgs in outcomes:
+        for t, o in outs.items():
+            if t not in merged or rank[o] > rank[merged[t]]:
+                merged[t] = o
+                if t in msgs:
+                    messages[t] = msgs[t]
+    return merged, messages
+
+
+def _run_pytest(
+    transport: str, workdir: Path, env: dict[str, str], port: str, args: list[str]
+) -> None:
     junit = workdir / "junit.xml"
     log = workdir / "suite.log"
-
-    def run(port: str) -> tuple[float, int]:
-        cmd = [sys.executable, "-m", "pytest", "test_esptool.py",
-               "-c", str(workdir / "pytest.ini"), "--rootdir", str(test_dir),
-               "-p", "no:cacheprovider", "-q", "-rfEs",
-               f"--junitxml={junit}", "--chip", CHIP, "--port", port, *extra_args]  # fmt: skip
-        t0 = time.monotonic()
-        with log.open("w") as out:
-            # its own process group: on a timeout the esptool and
-            # esp_rfc2217_server processes it started go with it
-            proc = subprocess.Popen(
-                cmd, cwd=test_dir, env=env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-            try:
-                rc = proc.wait(timeout=SUITE_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                raise RuntimeError(
-                    f"esptool suite over {transport} still running after {SUITE_TIMEOUT_S} s; "
-                    f"log {log}"
-                ) from None
-        return time.monotonic() - t0, rc
-
-    server: ServerExit | None = None
-    if transport == SIM:
-        port = sim_url(workdir)
-        seconds, rc = run(port)
-    elif transport == SERVE:
-        with served_board(workdir, env) as (port, server):
-            seconds, rc = run(port)
-    else:
-        raise ValueError(f"transport must be {SIM!r} or {SERVE!r}, got {transport!r}")
+    cmd = _pytest(workdir, *args, "-q", "-rfEs", f"--junitxml={junit}", "--port", port)
+    with log.open("w") as out:
+        # its own process group: on a timeout the esptool and
+        # esp_rfc2217_server processes it started go with it
+        proc = subprocess.Popen(
+            cmd, cwd=workdir / "test", env=env, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        try:
+            rc = proc.wait(timeout=SUITE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise RuntimeError(
+                f"esptool suite over {transport} still running after {SUITE_TIMEOUT_S} s; log {log}"
+            ) from None
     if rc not in (0, 1) or not junit.exists():  # 0 all passed, 1 some failed; else no run
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         raise RuntimeError(f"esptool suite did not run (pytest exit {rc}); {log}:\n{tail}")
-    outcomes, messages = parse_junit(junit)
+
+
+@dataclass
+class _Shard:
+    workdir: Path
+    args: list[str]  # node ids, or the whole test file
+    port: str = ""
+    server: ServerExit | None = None
+
+
+def _run_shard(transport: str, shard: _Shard) -> tuple[dict[str, str], dict[str, str]]:
+    env = suite_env(shard.workdir)
+    if transport == SIM:
+        shard.port = sim_url(shard.workdir)
+        _run_pytest(transport, shard.workdir, env, shard.port, shard.args)
+    elif transport in (SERVE, RFC2217):
+        protocol = "raw" if transport == SERVE else "rfc2217"
+        with served_board(shard.workdir, env, protocol) as (port, server):
+            shard.port, shard.server = port, server
+            _run_pytest(transport, shard.workdir, env, port, shard.args)
+    else:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    return parse_junit(shard.workdir / "junit.xml")
+
+
+def run_suite(transport: str, workdir: Path, plan: Plan | None = None) -> SuiteRun:
+    """Run esptool's suite with --chip esp32c3 against fresh boards: the
+    whole of it in one process against one board, or as `plan` splits it."""
+    t0 = time.monotonic()
+    stage(workdir)
+    if plan is None:
+        shards = [_Shard(workdir, ["test_esptool.py"])]
+    else:
+        node_sets = plan(collect(workdir, suite_env(workdir)))
+        shards = []
+        for k, nodes in enumerate(node_sets):
+            stage(workdir / f"shard-{k:02d}")
+            shards.append(_Shard(workdir / f"shard-{k:02d}", nodes))
+    with ThreadPoolExecutor(len(shards)) as pool:
+        results = list(pool.map(lambda sh: _run_shard(transport, sh), shards))
+    outcomes, messages = merge_shards(results)
     skips: dict[str, int] = {}
     for t, o in outcomes.items():
         if o == "skipped":
             skips[messages.get(t, "")] = skips.get(messages.get(t, ""), 0) + 1
+    # the server that failed to stop cleanly, if any, else the first
+    servers = sorted((sh.server for sh in shards if sh.server), key=lambda e: e.returncode == 0)
     return SuiteRun(
         transport,
-        port,
+        shards[0].port if len(shards) == 1 else f"{shards[0].port} and {len(shards) - 1} more",
         outcomes,
         messages,
-        seconds,
-        log,
+        time.monotonic() - t0,
+        shards[0].workdir / "suite.log" if len(shards) == 1 else workdir / "shard-*/suite.log",
         expected_for(transport),
-        server.returncode if server else None,
-        server.log if server else None,
+        servers[0].returncode if servers else None,
+        servers[0].log if servers else None,
         skips,
+        None if plan is None else [n for sh in shards for n in sh.args],
+        len(shards),
     )
