@@ -129,7 +129,8 @@ def test_jobs_run_on_the_worker_thread_with_the_port_lent() -> None:
                     assert not use.port._port._cancel.is_set()
                     return threading.current_thread().name
 
-            assert conn.call(job) == f"board-sim://{board.name}"
+            # the reader's thread, named for what it does while the port is lent
+            assert conn.call(job) == f"esptool-sim://{board.name}"
         with pytest.raises(RuntimeError, match="lend"), conn.lend():
             pass
     finally:

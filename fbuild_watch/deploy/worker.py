@@ -132,7 +132,9 @@ class BoardWorker:
                 raise
             self.unavailable = str(exc)
             self._set_state("waiting", str(exc))
-        self._thread = threading.Thread(target=self._run, name=f"board-{self.url}", daemon=True)
+        # named for its role (reader-, or esptool- while a job has the port
+        # lent): what a trace or the virtual board's read log shows
+        self._thread = threading.Thread(target=self._run, name=f"reader-{self.url}", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
@@ -395,6 +397,7 @@ class BoardWorker:
             log.exception("serial pause handler failed")
         lent = LentPort(self, self.port)
         self._lent = True
+        threading.current_thread().name = f"esptool-{self.url}"
         try:
             lent.take()
             yield lent
@@ -481,3 +484,4 @@ class LentPort:
             except Exception as exc:  # a vanished port: the worker notices and says so
                 log.debug("restoring %s settings failed: %s", self.worker.url, exc)
         self.worker._lent = False
+        threading.current_thread().name = f"reader-{self.worker.url}"
