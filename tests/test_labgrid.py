@@ -336,10 +336,8 @@ def test_acquire_holds_the_place_and_its_url_reaches_the_board(lab: Lab, place: 
     )
 
 
-@needs_labgrid
-def test_deploy_through_a_place(lab: Lab, place: str, tmp_path: Path) -> None:
-    """Our deploy (esptool as a library) over the place's RFC 2217 port, on
-    whatever `serial` this venv has: the fork in .venv-labgrid."""
+def built_example(lab: Lab, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """The example, built, and the environment that reaches the lab."""
     project = copy_example(tmp_path / "proj")
     env = {**lab.env, "FBUILD_CACHE_DIR": str(tmp_path / "cache")}
     built = subprocess.run(
@@ -347,6 +345,14 @@ def test_deploy_through_a_place(lab: Lab, place: str, tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
     )  # fmt: skip
     assert built.returncode == 0, built.stdout
+    return project, env
+
+
+@needs_labgrid
+def test_deploy_through_a_place(lab: Lab, place: str, tmp_path: Path) -> None:
+    """Our deploy (esptool as a library) over the place's RFC 2217 port, on
+    whatever `serial` this venv has: the fork in .venv-labgrid."""
+    project, env = built_example(lab, tmp_path)
     with lg.acquire_place(f"labgrid://{place}") as lease:
         res = subprocess.run(
             [sys.executable, "-m", "fbuild_watch", "deploy", str(project), "--port",
@@ -366,13 +372,7 @@ def test_fbuild_deploy_to_a_place_holds_it_for_the_deploy(
 ) -> None:
     """`fbuild deploy --port labgrid://PLACE`: acquired, deployed through its
     RFC 2217 port, released at the end."""
-    project = copy_example(tmp_path / "proj")
-    env = {**lab.env, "FBUILD_CACHE_DIR": str(tmp_path / "cache")}
-    built = subprocess.run(
-        [sys.executable, "-m", "fbuild_watch", "build", str(project)], env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stdout
+    project, env = built_example(lab, tmp_path)
     res = subprocess.run(
         [sys.executable, "-m", "fbuild_watch", "deploy", str(project), "--port",
          f"labgrid://{place}", "--json"], env=env, capture_output=True, text=True, timeout=120,

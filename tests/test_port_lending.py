@@ -4,6 +4,7 @@ on every port type, never an AttributeError."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -192,9 +193,9 @@ def test_second_sim_connection_is_port_busy() -> None:
         first.close()
 
 
-def test_second_client_of_an_rfc2217_server_is_port_busy(served: str) -> None:
-    """esptool's own RFC 2217 server in front of the served board: a second
-    client waits in its backlog, unanswered, until pyserial gives up."""
+@contextlib.contextmanager
+def esp_rfc2217_server(served: str) -> Iterator[int]:
+    """esptool's own RFC 2217 server in front of the served board; its port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         tcp_port = s.getsockname()[1]
@@ -207,6 +208,16 @@ def test_second_client_of_an_rfc2217_server_is_port_busy(served: str) -> None:
         for line in proc.stdout:
             if "Waiting for connection" in line:
                 break
+        yield tcp_port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_second_client_of_an_rfc2217_server_is_port_busy(served: str) -> None:
+    """A second client waits in the server's backlog, unanswered, until
+    pyserial gives up."""
+    with esp_rfc2217_server(served) as tcp_port:
         url = f"rfc2217://127.0.0.1:{tcp_port}?ign_set_control"
         first = BoardWorker(describe(url))
         first.open()
@@ -215,32 +226,15 @@ def test_second_client_of_an_rfc2217_server_is_port_busy(served: str) -> None:
                 BoardWorker(describe(url)).open()
         finally:
             first.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_a_plain_rfc2217_url_works_with_esptools_server(served: str) -> None:
     """esptool's esp_rfc2217_server never confirms SET_CONTROL: pyserial
     gave up after 3 s on `rfc2217://HOST:PORT` without `?ign_set_control`."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        tcp_port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "esp_rfc2217_server", "-p", str(tcp_port), served],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if "Waiting for connection" in line:
-                break
+    with esp_rfc2217_server(served) as tcp_port:
         worker = BoardWorker(describe(f"rfc2217://127.0.0.1:{tcp_port}"))
         worker.open()
         try:
             assert worker.state == "connected"
         finally:
             worker.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
