@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from fbuild_watch.deploy.ports import PortInfo
     from fbuild_watch.deploy.trust import FlashCache
     from fbuild_watch.image.layout import FlashLayout, ValidatedLayout
+    from fbuild_watch.image.settings import ResolvedFlash
     from fbuild_watch.session import SessionOptions
 
 
@@ -122,6 +123,7 @@ def _deploy(args: argparse.Namespace) -> int:
     from fbuild_watch.build import detect_backend
     from fbuild_watch.deploy import FlashCache
     from fbuild_watch.deploy.ports import board_ports, flashing_baud
+    from fbuild_watch.image.settings import FlashSettings, resolve_flash
     from fbuild_watch.plugins import load_port_schemes
     from fbuild_watch.project_lock import refuse_if_watched
 
@@ -131,12 +133,18 @@ def _deploy(args: argparse.Namespace) -> int:
     cfg = backend.config
     # usage errors (ports, baud) before anything is read from the build
     infos = board_ports(args.port, cfg.port if cfg else ())
-    baud = flashing_baud(args.baud, cfg.baud if cfg else None)
+    flashing_baud(args.baud, None)  # a bad ESPBAUD is a usage error before anything is read
     layout = _built_layout(backend).validate()  # never flash what was not validated
+    # the project's own flashing settings (before/after/stub/baud/encrypted),
+    # under the command line and fbuild.toml (README, "Projects")
+    cli_layer = FlashSettings(baud=args.baud, origins=(("baud", "--baud"),)) if args.baud else None
+    flash = resolve_flash(layout.settings, cli=cli_layer, config=cfg.flash_layer() if cfg else None)
+    for warning in flash.warnings:
+        print(f"fbuild: warning: {warning}", file=sys.stderr)
     cache = None if args.no_trust else FlashCache()
     held = hold_ports(infos, wait_place=args.wait_place)  # labgrid places, for the deploy
     try:
-        return _deploy_to(args, held.infos, layout, baud, cache)
+        return _deploy_to(args, held.infos, layout, flash, cache)
     finally:
         held.release()
 
@@ -145,7 +153,7 @@ def _deploy_to(
     args: argparse.Namespace,
     infos: list[PortInfo],
     layout: ValidatedLayout,
-    baud: int,
+    flash: ResolvedFlash,
     cache: FlashCache | None,
 ) -> int:
     import concurrent.futures
@@ -157,7 +165,7 @@ def _deploy_to(
         conn.open()
         try:
             dep = BoardDeployer(
-                conn, baud=baud, trust=SessionTrust(enabled=not args.no_trust), cache=cache
+                conn, flash=flash, trust=SessionTrust(enabled=not args.no_trust), cache=cache
             )
             return dep.deploy(layout, full=args.full, app_only=args.app_only).as_dict()
         finally:

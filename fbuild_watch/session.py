@@ -61,7 +61,14 @@ from fbuild_watch.events import (
 from fbuild_watch.failures import DebugLog, Supervisor
 from fbuild_watch.image.layout import BOOTLOADER, ValidatedLayout
 from fbuild_watch.image.linkkey import link_key
-from fbuild_watch.image.settings import MonitorSettings, ResolvedMonitor, resolve_monitor
+from fbuild_watch.image.settings import (
+    FlashSettings,
+    MonitorSettings,
+    ResolvedFlash,
+    ResolvedMonitor,
+    resolve_flash,
+    resolve_monitor,
+)
 from fbuild_watch.logfilter import compile_filter
 from fbuild_watch.logtime import check_format
 from fbuild_watch.loop import Loop
@@ -138,7 +145,7 @@ class BoardSession:
         cache = FlashCache() if session.opts.trust else None
         self.deployer = BoardDeployer(
             self.conn,
-            baud=session.opts.baud or DEFAULT_BAUD,
+            baud=session.opts.baud or DEFAULT_BAUD,  # until a build's settings say
             trust=SessionTrust(enabled=session.opts.trust),
             cache=cache,
             on_progress=self._on_progress,
@@ -262,10 +269,12 @@ class MultiDeployer:
         # the new firmware's first boot line on
         self.session.update_symbolizer(layout)
 
+        flash = self.session.flash_settings(layout)
+
         def run(b: BoardSession) -> DeployOutcome:
             b.first_app_line_at = None
             b.first_line_after = time.monotonic()
-            return b.deployer.deploy(layout, full=full, app_only=app_only)
+            return b.deployer.deploy(layout, full=full, app_only=app_only, flash=flash)
 
         # each on its board's own worker thread: truly in parallel
         results = await asyncio.gather(
@@ -382,6 +391,7 @@ class WatchSession:
         self._first_line: asyncio.Future[float] | None = None
         self._held = HeldPorts([])  # labgrid places held for the session
         self._startup_warnings: list[str] = []
+        self._said: set[str] = set()  # flash-settings warnings already shown
         self.monitor = resolve_monitor(MonitorSettings())
         # failures of parts outside the loop (reader threads, deploys); the
         # loop's own are in `loop.problems`
@@ -512,7 +522,7 @@ class WatchSession:
         infos = board_ports(self.opts.ports, cfg.port if cfg else ())
         if self.opts.elf is not None and not self.opts.elf.is_file():
             raise ConfigError("--elf: no such file", source=self.opts.elf)
-        self.opts.baud = flashing_baud(self.opts.baud, cfg.baud if cfg else None)
+        flashing_baud(self.opts.baud, None)  # a bad ESPBAUD: a usage error at start
         self.monitor = self._resolve_monitor(backend)
         labels = _labels([i.url for i in infos])
         infos = self._hold_places(infos)
@@ -590,6 +600,21 @@ class WatchSession:
             except ValueError as exc:
                 raise UsageError(f"--timestamp-format: {exc}") from None
         return resolved
+
+    def flash_settings(self, layout: ValidatedLayout) -> ResolvedFlash:
+        """This build's flashing settings (flasher_args.json and the like can
+        change while watching): --baud, fbuild.toml, the build's files, the
+        environment. Their warnings are said once each."""
+        o = self.opts
+        cli = FlashSettings(baud=o.baud, origins=(("baud", "--baud"),)) if o.baud else None
+        backend = self.loop.backend if self.loop is not None else self.backend
+        cfg = backend.config if backend is not None else None
+        flash = resolve_flash(layout.settings, cli=cli, config=cfg.flash_layer() if cfg else None)
+        for warning in flash.warnings:
+            if warning not in self._said:
+                self._said.add(warning)
+                self.emit(Warned(message=warning))
+        return flash
 
     @property
     def print_filter(self) -> str | None:

@@ -91,7 +91,11 @@ def _revision_problem(name: str, image: EspImage, rev: int, ignore_max: bool) ->
 
 
 def check_encryption(
-    layout: ValidatedLayout, *, can_encrypt: bool, board_encrypted: bool | None = None
+    layout: ValidatedLayout,
+    *,
+    can_encrypt: bool,
+    board_encrypted: bool | None = None,
+    encrypted: frozenset[int] | None = None,
 ) -> str | None:
     """Regions the build marks encrypted (`"encrypted": "true"` in
     flasher_args.json, development-mode flash encryption) are never written
@@ -99,8 +103,10 @@ def check_encryption(
     esptool `--encrypt-files` does) or there are none; else one line. A board
     whose flash encryption is on (`board_encrypted`) gets nothing in
     plaintext that the build meant encrypted, nor a build made without
-    flash encryption."""
-    secret = layout.encrypted_regions()
+    flash encryption. `encrypted`: offsets the resolved settings mark too
+    (fbuild.toml, the command line), on top of the layout's."""
+    offsets = layout.layout.settings.encrypted | (encrypted or frozenset())
+    secret = [r for r in layout.layout.regions if r.offset in offsets]
     if secret and not can_encrypt:
         names = ", ".join(r.name for r in secret)
         return (

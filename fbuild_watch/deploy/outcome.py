@@ -32,6 +32,16 @@ class DeployOutcome:
     # things that did not fail the deploy but the user should know (an
     # optional cache that could not be written, a state entry dropped)
     warnings: list[str] = field(default_factory=list)
+    # the link's round trip per command beyond wire time, measured at connect
+    rtt_ms: float | None = None
+    # the cost model's time for the write it chose (ROM or stub), seconds
+    estimate_s: float | None = None
+    # what ended the deploy on the board: "hard-reset", "watchdog-reset",
+    # "soft-reset", "no-reset" (left in its ROM loader), "no-reset-stub";
+    # None when the board was not reset or held (trust-skip, a failure)
+    reset_after: str | None = None
+    # the words for a board left in its loader (the summary says them)
+    stays_in_loader: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -61,7 +71,10 @@ class DeployOutcome:
         what = f"{self.sectors_written} sector{plural} ({kib:.0f} KiB)"
         if self.flash_bytes_written == 0:
             what = "nothing (flash already matched)"
-        return f"{self.kind}: wrote {what} in {self.duration_s:.2f} s"
+        text = f"{self.kind}: wrote {what} in {self.duration_s:.2f} s"
+        if self.stays_in_loader:
+            text += f"; {self.stays_in_loader}"
+        return text
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -88,4 +101,7 @@ class DeployOutcome:
             "error": self.error,
             "flash_state": self.flash_state,
             "warnings": list(self.warnings),
+            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 2),
+            "estimate_ms": None if self.estimate_s is None else round(self.estimate_s * 1000, 1),
+            "reset_after": self.reset_after,
         }

@@ -11,9 +11,16 @@ BLOCK = 0x10000
 
 # Cost model for choosing ROM or stub (figures: LOOP.md "Virtual board timing",
 # from shared/notes/esp-serial-protocol.md; the same for real hardware).
+# COMMAND_S is one command's round trip beyond the wire time of its bytes
+# (a USB-UART bridge's turnaround): what the model assumes until the link's
+# own round trip is measured at connect (`rtt`, BoardDeployer).
 COMMAND_S = 0.004
 SECTOR_ERASE_S = 0.045
 PAGE_PROGRAM_S = 0.0006
+MD5_BYTES_PER_S = 8_000_000
+# esptool's change_baud sleeps this long (on top of its command)
+CHANGE_BAUD_S = 0.05
+ROM_BAUD = 115200
 # esptool 5.6's stub (v2) for the C3 as run_stub sends it: bytes on the wire
 # both ways with SLIP and headers, and its commands (counted at the port)
 STUB_UPLOAD_BYTES = 6_341
@@ -22,7 +29,14 @@ ROM_BLOCK = 0x400
 STUB_BLOCK = 0x4000
 # Measured on the virtual board at 460800 baud (BENCHMARKS.md, "ROM or stub"):
 # for incompressible data the ROM wins up to 48 KiB, the stub from 64 KiB.
+# Past 4x this the stub is chosen without estimating (at any round trip the
+# stub's lead only grows with size).
 STUB_BREAK_EVEN = 64 * 1024
+# How many separate places a rebuild is expected to change in a region (the
+# edited code, a string, the app descriptor's ELF SHA-256 and the image
+# checksum at its end): sizes the MD5 probe's blocks (`probe_block`).
+PROBE_CHANGES = 4
+PROBE_BLOCKS = tuple(SECTOR << k for k in range(1, 7))  # 8 KiB ... 256 KiB
 
 
 @dataclass(frozen=True)
@@ -84,12 +98,26 @@ def wire_bytes(size: int, compressed: int, block: int) -> int:
     return -(-size // block) * block
 
 
-def estimate_s(runs: list[Run], *, stub: bool, baud: int, sizes: list[int] | None = None) -> float:
+def estimate_s(
+    runs: list[Run],
+    *,
+    stub: bool,
+    baud: int,
+    rtt: float = COMMAND_S,
+    sizes: list[int] | None = None,
+    stub_running: bool = False,
+    rebaud: bool = False,
+) -> float:
     """Modelled time to write `runs` over ROM or stub at `baud` (after the
-    connection exists): the cheaper one is used."""
+    connection exists), each command costing `rtt` beyond its wire time.
+    `stub_running`: the stub is already there (no upload); `rebaud`: the
+    ROM is at the flashing baud (connected ahead), so the stub upload first
+    changes back to the ROM's baud, as esptool does."""
     total = 0.0
-    if stub:
-        total += wire_s(STUB_UPLOAD_BYTES, 115200) + STUB_COMMANDS * COMMAND_S
+    if stub and not stub_running:
+        total += wire_s(STUB_UPLOAD_BYTES, ROM_BAUD) + STUB_COMMANDS * rtt
+        if rebaud:
+            total += CHANGE_BAUD_S + rtt
     sizes = sizes if sizes is not None else compressed_sizes(runs)
     for run, comp in zip(runs, sizes, strict=True):
         block = STUB_BLOCK if stub else ROM_BLOCK
@@ -98,9 +126,45 @@ def estimate_s(runs: list[Run], *, stub: bool, baud: int, sizes: list[int] | Non
         erase = run.sectors * SECTOR_ERASE_S
         program = run.pages * PAGE_PROGRAM_S
         wire = wire_s(sent, baud)
-        if stub:  # flash work overlaps the wire; acks are immediate
-            total += max(wire, erase + program) + 3 * COMMAND_S
+        if stub:
+            # flash work overlaps the wire; each block is acked on arrival,
+            # so a block still costs a round trip before the next is sent
+            total += max(wire + blocks * rtt, erase + program) + 2 * rtt
         else:  # ROM: erase at begin, then synchronous 1 KiB blocks
-            total += erase + wire + program + blocks * COMMAND_S + 2 * COMMAND_S
-        total += len(run.data) / 8_000_000 + COMMAND_S  # esptool's MD5 verify of the run
+            total += erase + wire + program + blocks * rtt + 2 * rtt
+        total += len(run.data) / MD5_BYTES_PER_S + rtt  # esptool's MD5 verify of the run
     return total
+
+
+def break_even_kib(*, baud: int, rtt: float, limit_kib: int = 256) -> int | None:
+    """The incompressible sector-delta size (KiB, whole sectors) from which
+    the model always writes faster with the stub than with the ROM, up to
+    `limit_kib`; None if the ROM still wins somewhere there. (Below it the
+    stub can win at multiples of its 16 KiB block, where it sends no
+    padding.)"""
+    since: int | None = None
+    for kib in range(4, limit_kib + 1, 4):
+        run = [Run("delta", 0, bytes(kib * 1024))]
+        sizes = [kib * 1024 + 64]  # incompressible: deflate adds a little
+        rom = estimate_s(run, stub=False, baud=baud, rtt=rtt, sizes=sizes)
+        if estimate_s(run, stub=True, baud=baud, rtt=rtt, sizes=sizes) < rom:
+            since = kib if since is None else since
+        else:
+            since = None
+    return since
+
+
+def probe_block(region_size: int, rtt: float, changes: int = PROBE_CHANGES) -> int:
+    """Block size for probing a region whose MD5 differs: every block is
+    hashed (one command each), then each differing block sector by sector.
+    Minimises expected round trips plus hashing: ceil(S/B) * rtt for the
+    blocks, and for the (at most `changes`) differing blocks B/4 KiB sector
+    commands of rtt + 4 KiB of hashing each. Dear round trips favour bigger
+    blocks (fewer block commands); cheap ones smaller (less re-hashing)."""
+
+    def cost(block: int) -> float:
+        blocks = -(-region_size // block)
+        differing = min(changes, blocks)
+        return blocks * rtt + differing * (block // SECTOR) * (rtt + SECTOR / MD5_BYTES_PER_S)
+
+    return min(PROBE_BLOCKS, key=cost)
