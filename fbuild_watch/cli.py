@@ -75,6 +75,14 @@ def _build(args: argparse.Namespace) -> int:
     from fbuild_watch.build import BuildRun, detect_backend
 
     backend = detect_backend(Path(args.project), fqbn=args.fqbn)
+    if args.explain:  # which build system, why, what else it could have been
+        info = backend.explain()
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            for key, value in info.items():
+                print(f"{key}: {value}")
+        return 0
     on_line = None if args.json else (lambda line: print(line, flush=True))
     run = BuildRun(backend, on_line, rate_limited=False)  # a terminal takes every line
     signals: list[int] = []
@@ -167,7 +175,8 @@ def _deploy_to(
             dep = BoardDeployer(
                 conn, flash=flash, trust=SessionTrust(enabled=not args.no_trust), cache=cache
             )
-            return dep.deploy(layout, full=args.full, app_only=args.app_only).as_dict()
+            outcome = dep.deploy(layout, full=args.full, app_only=args.app_only).as_dict()
+            return {**outcome, "flash_settings": flash.as_dict()}  # each with where it came from
         finally:
             conn.close()
 
@@ -328,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("project", nargs="?", default=".", metavar="PROJECT")
     build.add_argument("--json", action="store_true", help="print one JSON object")
     build.add_argument("--fqbn", help="Arduino board FQBN (Arduino CLI projects)")
+    build.add_argument(
+        "--explain",
+        action="store_true",
+        help="say which build system was chosen and why (and the others it could be); no build",
+    )
     build.set_defaults(func=_build)
 
     deploy = sub.add_parser(
@@ -393,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--eol",
             choices=["CR", "LF", "CRLF"],
-            help="what ends a line sent to the board (default: the project's, else CR)",
+            help="what ends a line sent to the board (default: the project's, else CRLF)",
         )
 
         p.add_argument("--elf", help="ELF for crash decoding (default: the build's)")

@@ -104,7 +104,7 @@ class SessionOptions:
     print_filter: str | None = None  # None: the project's (PlatformIO monitor_filters, ...)
     timestamps: bool = False
     timestamp_format: str | None = None
-    eol: str | None = None  # CR, LF, CRLF; None: the project's, else CR
+    eol: str | None = None  # CR, LF, CRLF; None: the project's, else CRLF
     reset_on_attach: bool = False  # `fbuild monitor` without --no-reset
     wait_place: float | None = None  # labgrid: wait this long for a held place
 
@@ -726,8 +726,8 @@ class WatchSession:
 
     def send(self, text: str, board: str | None = None) -> None:
         """A line to the app's console (every board, or the one named), with
-        the monitor's end of line (`--eol`, the project's, else CR)."""
-        data = text.encode() + EOL_BYTES.get(self.monitor.eol or "CR", b"\r")
+        the monitor's end of line (`--eol`, the project's, else CRLF)."""
+        data = text.encode() + EOL_BYTES[self.monitor.eol or DEFAULT_EOL]
         for b in self.boards:
             if board is None or b.label == board:
                 self._said_if_failed(b, b.conn.write(data), "not sent")
@@ -842,6 +842,7 @@ def open_session(
 
 DEFAULT_TIMESTAMP_FORMAT = "%H:%M:%S.%3f"  # the monitor's own; --timestamp-format changes it
 EOL_BYTES = {"CR": b"\r", "LF": b"\n", "CRLF": b"\r\n"}
+DEFAULT_EOL = "CRLF"  # esp-idf-monitor's
 
 
 def _resolve(fut: asyncio.Future[float], value: float) -> None:

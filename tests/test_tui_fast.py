@@ -193,7 +193,12 @@ async def test_console_send_box_chords_and_mute() -> None:
         session.serial("left", ["I (2) main: shown"])
         log = app.query_one("#log-left", SerialLog)
         await until(pilot, lambda: log.lines == ["I (2) main: shown"])
-        await app.action_quit()
+        await pilot.press("ctrl+t", "ctrl+l")  # log to a file
+        await until(pilot, lambda: session.log_path is not None)
+        await pilot.press("ctrl+t", "tab")  # Ctrl+T Ctrl+I, as a terminal sends it: timestamps
+        await until(pilot, lambda: "timestamps" in status(app))
+        await pilot.press("ctrl+t", "ctrl+x")  # esp-idf-monitor's exit chord
+    assert app.return_value == 0
 
 
 async def test_print_filter_and_timestamps_from_the_session() -> None:

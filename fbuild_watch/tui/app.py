@@ -70,6 +70,13 @@ def _bar(done: int | None, total: int | None, width: int = 10) -> str:
     return "[" + "#" * filled + "-" * (width - filled) + f"] {done * 100 // total}%"
 
 
+CHORD_HELP = (
+    "Ctrl+T, then: Ctrl+F full flash, Ctrl+A app flash, Ctrl+R reset, Ctrl+P hold in "
+    "bootloader, Ctrl+Y mute output, Ctrl+I timestamps, Ctrl+L log file, Ctrl+H this help, "
+    "Ctrl+X quit, Ctrl+T send Ctrl+T. Ctrl+] quits too."
+)
+
+
 class SessionEvent(Message):
     """A session event, delivered as a Textual message (thread-safe)."""
 
@@ -97,6 +104,11 @@ class WatchApp(App[int]):
         Binding("q", "quit", "quit", priority=True),
         Binding("ctrl+c", "interrupt", "quit", show=False, priority=True),
         Binding("ctrl+t", "chord", "Ctrl+T chords", show=False, priority=True),
+        # esp-idf-monitor's exit key
+        Binding("ctrl+right_square_bracket", "quit", "quit", show=False, priority=True),
+        # Ctrl+I and Ctrl+H arrive as Tab and Backspace: chords after Ctrl+T
+        Binding("tab", "chord_key('tab')", show=False, priority=True),
+        Binding("backspace", "chord_key('backspace')", show=False, priority=True),
     ]
     # esp-idf-monitor habits: Ctrl+T then Ctrl+F / Ctrl+A / Ctrl+R / Ctrl+P
     CHORDS: ClassVar[dict[str, str]] = {
@@ -106,7 +118,16 @@ class WatchApp(App[int]):
         "ctrl+p": "bootloader",  # hold the board in its ROM loader (r: back to the app)
     }
     # ... and the monitor's own: Ctrl+T Ctrl+Y mutes the output (Ctrl+T Ctrl+T sends Ctrl+T)
-    CHORD_ACTIONS: ClassVar[dict[str, str]] = {"ctrl+y": "toggle_mute"}
+    # (Ctrl+I and Ctrl+H reach a terminal app as Tab and Backspace)
+    CHORD_ACTIONS: ClassVar[dict[str, str]] = {
+        "ctrl+y": "toggle_mute",
+        "ctrl+i": "toggle_timestamps",
+        "tab": "toggle_timestamps",
+        "ctrl+l": "toggle_log_file",
+        "ctrl+h": "chord_help",
+        "backspace": "chord_help",
+        "ctrl+x": "quit",
+    }
 
     def __init__(self, session: SessionAPI, *, monitor_only: bool = False) -> None:
         """`session` is set up (its errors came before the screen opened)."""
@@ -369,11 +390,18 @@ class WatchApp(App[int]):
             self.action_send_ctrl_t()
             return
         self._chord_pending = True
-        self.notify(
-            "Ctrl+T: then Ctrl+F full flash, Ctrl+A app flash, Ctrl+R reset, "
-            "Ctrl+P hold in bootloader, Ctrl+Y mute output, Ctrl+T send Ctrl+T",
-            timeout=3,
-        )
+        self.notify(CHORD_HELP, timeout=3)
+
+    async def action_chord_key(self, key: str) -> None:
+        """Tab/Backspace: a chord's second key after Ctrl+T, else what they do."""
+        if self._chord_pending:
+            self._chord_pending = False
+            await self.run_action(self.CHORD_ACTIONS[key])
+        elif key == "tab":
+            self.action_focus_next()
+
+    def action_chord_help(self) -> None:
+        self.notify(CHORD_HELP, timeout=8)
 
     _TYPING_SAFE = frozenset({"quit", "filter", "send"})
 
@@ -419,6 +447,7 @@ class WatchApp(App[int]):
     def action_toggle_timestamps(self) -> None:
         self._timestamps = not self._timestamps
         self._rerender()
+        self._render_status()
 
     def action_clear(self) -> None:
         for times, texts in self._history.values():
