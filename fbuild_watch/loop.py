@@ -517,8 +517,7 @@ class Loop:
         watcher = self.watcher
 
         async def first_probe() -> None:
-            await asyncio.sleep(0.2)  # let the source place its watches
-            await watcher.probe()
+            await watcher.probe()  # retries until the source's watches are placed
 
         self._probe_task = self._background(first_probe(), "file watcher probe")
         while not self._quit.is_set():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -295,3 +296,31 @@ def test_stat_sweep_sees_file_roots(tmp_path: Path) -> None:
     assert ws.stat_diff() == []
     (tmp_path / "Makefile").write_text("all: x\n")
     assert ws.stat_diff() == [str(tmp_path.resolve() / "Makefile")]
+
+
+async def test_the_first_probe_needs_no_head_start(tmp_path: Path) -> None:
+    """Probing right after the watcher starts (its inotify watches may not be
+    placed yet) writes its cookie again until heard: no false "deaf", no
+    restart, and no fixed sleep before it."""
+    from fbuild_watch.watch import Watcher
+
+    root = _tree(tmp_path)
+    ws = WatchSet(root, IgnoreRules(root))
+    ws.scan()
+    watcher = Watcher(ws, WatchOptions(quiet_ms=30))
+
+    async def consume() -> None:
+        async for _ in watcher.changes():
+            pass
+
+    task = asyncio.ensure_future(consume())
+    try:
+        await asyncio.sleep(0)  # the source task starts; its watches come later
+        assert await watcher.probe()
+        assert watcher.stats.restarts == 0 and watcher.stats.cookies == 1
+    finally:
+        watcher.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert not list(root.rglob(".fbuild-cookie-*"))  # every cookie removed

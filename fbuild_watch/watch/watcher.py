@@ -272,32 +272,48 @@ class Watcher:
         target = next((d for d in dirs if d.is_dir()), None)
         if target is None:
             return True
-        self._cookie_n += 1
-        cookie = target / f"{COOKIE_PREFIX}{os.getpid()}-{self._cookie_n}"
         self._cookie_seen.clear()
-        try:
-            cookie.write_bytes(b"")
-        except OSError:
-            return True  # read-only tree: nothing to prove with
-        try:
-            await asyncio.wait_for(self._cookie_seen.wait(), timeout)
+        if await self._cookie_seen_within(target, timeout):
             self.stats.cookies += 1
             return True
-        except TimeoutError:
-            self.stats.restarts += 1
-            self.on_note(
-                "the file watcher did not see its probe file; restarting it and rescanning"
-            )
-            task, self._source_task = self._source_task, None
+        self.stats.restarts += 1
+        self.on_note("the file watcher did not see its probe file; restarting it and rescanning")
+        task, self._source_task = self._source_task, None
+        if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            self._start_source()
-            self.request_rescan()
-            return False
-        finally:
-            with contextlib.suppress(OSError):
-                cookie.unlink()
+        self._start_source()
+        self.request_rescan()
+        return False
+
+    async def _cookie_seen_within(self, target: str | os.PathLike[str], timeout: float) -> bool:
+        """A cookie written before the source has placed its watches is never
+        seen: it is written again, at growing intervals (no fixed wait for
+        the source to be ready), until one is seen or `timeout` passes.
+        Unwritable directory: nothing to prove with, so True."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        wait = 0.05
+        while True:
+            self._cookie_n += 1
+            cookie = os.path.join(target, f"{COOKIE_PREFIX}{os.getpid()}-{self._cookie_n}")
+            try:
+                with open(cookie, "wb"):
+                    pass
+            except OSError:
+                return True
+            try:
+                left = deadline - loop.time()
+                await asyncio.wait_for(self._cookie_seen.wait(), max(0.0, min(wait, left)))
+                return True
+            except TimeoutError:
+                if loop.time() >= deadline:
+                    return False
+                wait *= 2
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(cookie)
 
     async def changes(self) -> AsyncIterator[ChangeSet]:
         """Yields each real content change set, after the quiet period."""
