@@ -17,8 +17,6 @@ reports `failed` with what is known to be on flash and clears trust.
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -39,10 +37,10 @@ from fbuild_watch.deploy.plan import (
     Run,
     compressed_sizes,
     estimate_s,
-    probe_block,
     sector_runs,
 )
 from fbuild_watch.deploy.ports import usb_serial
+from fbuild_watch.deploy.probe import md5, probe_regions
 from fbuild_watch.deploy.progress import WriteProgress, WriteTracker
 from fbuild_watch.deploy.trust import FlashCache, SessionTrust, TrustedImage
 from fbuild_watch.deploy.worker import READ_TIMEOUT_S, BoardWorker, LentPort
@@ -75,16 +73,6 @@ def _has_tty(port: Any) -> bool:
     return isinstance(fd, int) and os.isatty(fd)
 
 
-def _md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
-@functools.cache
-def _erased_md5(size: int) -> str:
-    """MD5 of `size` bytes of erased flash (0xFF)."""
-    return _md5(b"\xff" * size)
-
-
 @dataclass
 class _Connected:
     """A board held in its ROM bootloader by `connect_ahead`, ready for a write:
@@ -105,14 +93,6 @@ class _Connected:
 
 class _Refused(Exception):
     """The layout must not go onto this board; nothing has been written."""
-
-
-def _add_run(runs: list[Run], run: Run) -> None:
-    """Append, merging with the previous run when the two touch."""
-    if runs and runs[-1].offset + len(runs[-1].data) == run.offset:
-        runs[-1] = Run(run.region, runs[-1].offset, runs[-1].data + run.data)
-    else:
-        runs.append(run)
 
 
 class BoardDeployer:
@@ -744,7 +724,7 @@ class BoardDeployer:
                 # final check of each touched region as a whole (esptool diff_with's rule)
                 t = time.monotonic()
                 for r in regions:
-                    if r.name in out.regions_written and esp.flash_md5sum(r.offset, r.size) != _md5(
+                    if r.name in out.regions_written and esp.flash_md5sum(r.offset, r.size) != md5(
                         r.data
                     ):
                         out.log.append(
@@ -887,62 +867,16 @@ class BoardDeployer:
     def _probe(
         self, esp: Any, regions: list[Region], out: DeployOutcome, confirmed: dict[int, bytes]
     ) -> list[Run]:
-        """Runs to write when nothing is trusted: the cached last layout
-        confirmed by one MD5 per region, else MD5 probes."""
+        """Runs to write when nothing is trusted (deploy/probe.py)."""
         cached = (
             self.cache.load(self.identity, out.warnings.append)
             if self.cache and self.identity
             else {}
         )
         rtt = COMMAND_S if self.rtt is None else self.rtt
-        runs: list[Run] = []
-        for r in regions:
-            block = probe_block(r.size, rtt)
-            if r.size > block:
-                # an image starts in its first sector: if that is erased, the
-                # image is not there and hashing the whole region would be wasted
-                head = esp.flash_md5sum(r.offset, SECTOR)
-                if head == _erased_md5(SECTOR) and r.data[:SECTOR] != b"\xff" * SECTOR:
-                    runs.append(Run(r.name, r.offset, r.data))
-                    continue
-            device = esp.flash_md5sum(r.offset, r.size)
-            if device == _md5(r.data):
-                confirmed[r.offset] = r.data
-                continue
-            base = cached.get(r.offset)
-            if (
-                base is not None
-                and len(base)
-                and esp.flash_md5sum(r.offset, len(base)) == _md5(base)
-            ):
-                out.log.append(
-                    f"{r.name}: cached last layout confirmed on the board; diffing against it"
-                )
-                runs += sector_runs(r.name, r.offset, r.data, base)
-                continue
-            runs += self._probe_blocks(esp, r, device, block)
-        return runs
-
-    def _probe_blocks(self, esp: Any, r: Region, region_md5: str, block_size: int) -> list[Run]:
-        """MD5 of each `block_size` block, then of each sector of the blocks
-        that differ (`plan.probe_block` sizes the blocks for the link)."""
-        if region_md5 == _erased_md5(r.size):
-            return [Run(r.name, r.offset, r.data)]  # erased: every sector differs
-        runs: list[Run] = []
-        for bstart in range(0, r.size, block_size):
-            block = r.data[bstart : bstart + block_size]
-            device = esp.flash_md5sum(r.offset + bstart, len(block))
-            if device == _md5(block):
-                continue
-            if device == _erased_md5(len(block)):  # erased block: no per-sector probing
-                _add_run(runs, Run(r.name, r.offset + bstart, block))
-                continue
-            for sstart in range(0, len(block), SECTOR):
-                sector = block[sstart : sstart + SECTOR]
-                addr = r.offset + bstart + sstart
-                if esp.flash_md5sum(addr, len(sector)) != _md5(sector):
-                    _add_run(runs, Run(r.name, addr, sector))
-        return runs
+        return probe_regions(
+            esp.flash_md5sum, regions, cached, rtt=rtt, log=out.log, confirmed=confirmed
+        )
 
     def reset(self) -> None:
         """Reset the board into its app (the `r` key); the monitor goes on

@@ -1,0 +1,92 @@
+"""What to write when nothing is trusted: ask the board's flash by MD5.
+
+The cached last layout, confirmed by one MD5 per region, is diffed against
+at sector granularity; otherwise regions, then blocks (sized for the link's
+round trip, `plan.probe_block`), then sectors are hashed on the board and
+only what differs is written.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable
+
+from fbuild_watch.deploy.plan import SECTOR, Run, probe_block, sector_runs
+from fbuild_watch.image.layout import Region
+
+# esptool's `flash_md5sum(offset, size) -> hex digest`, on the board
+DeviceMd5 = Callable[[int, int], str]
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+@functools.cache
+def erased_md5(size: int) -> str:
+    """MD5 of `size` bytes of erased flash (0xFF)."""
+    return md5(b"\xff" * size)
+
+
+def add_run(runs: list[Run], run: Run) -> None:
+    """Append, merging with the previous run when the two touch."""
+    if runs and runs[-1].offset + len(runs[-1].data) == run.offset:
+        runs[-1] = Run(run.region, runs[-1].offset, runs[-1].data + run.data)
+    else:
+        runs.append(run)
+
+
+def probe_regions(
+    device_md5: DeviceMd5,
+    regions: list[Region],
+    cached: dict[int, bytes],
+    *,
+    rtt: float,
+    log: list[str],
+    confirmed: dict[int, bytes],
+) -> list[Run]:
+    """Runs to write. Regions found whole on the board go into `confirmed`."""
+    runs: list[Run] = []
+    for r in regions:
+        block = probe_block(r.size, rtt)
+        if r.size > block:
+            # an image starts in its first sector: if that is erased, the
+            # image is not there and hashing the whole region would be wasted
+            head = device_md5(r.offset, SECTOR)
+            if head == erased_md5(SECTOR) and r.data[:SECTOR] != b"\xff" * SECTOR:
+                runs.append(Run(r.name, r.offset, r.data))
+                continue
+        device = device_md5(r.offset, r.size)
+        if device == md5(r.data):
+            confirmed[r.offset] = r.data
+            continue
+        base = cached.get(r.offset)
+        if base is not None and len(base) and device_md5(r.offset, len(base)) == md5(base):
+            log.append(f"{r.name}: cached last layout confirmed on the board; diffing against it")
+            runs += sector_runs(r.name, r.offset, r.data, base)
+            continue
+        runs += probe_blocks(device_md5, r, device, block)
+    return runs
+
+
+def probe_blocks(device_md5: DeviceMd5, r: Region, region_md5: str, block_size: int) -> list[Run]:
+    """MD5 of each `block_size` block, then of each sector of the blocks
+    that differ."""
+    if region_md5 == erased_md5(r.size):
+        return [Run(r.name, r.offset, r.data)]  # erased: every sector differs
+    runs: list[Run] = []
+    for bstart in range(0, r.size, block_size):
+        block = r.data[bstart : bstart + block_size]
+        device = device_md5(r.offset + bstart, len(block))
+        if device == md5(block):
+            continue
+        if device == erased_md5(len(block)):  # erased block: no per-sector probing
+            add_run(runs, Run(r.name, r.offset + bstart, block))
+            continue
+        for sstart in range(0, len(block), SECTOR):
+            sector = block[sstart : sstart + SECTOR]
+            addr = r.offset + bstart + sstart
+            if device_md5(addr, len(sector)) != md5(sector):
+                add_run(runs, Run(r.name, addr, sector))
+    return runs
