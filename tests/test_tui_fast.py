@@ -144,6 +144,10 @@ async def test_status_line_and_tab_follow_a_deploy() -> None:
         session.emit(DeployFinished(board="demo", port="sim://demo", outcome=outcome))
         await until(pilot, lambda: "sector-delta" in status(app))
         assert "sector-delta: wrote 3 sectors (12 KiB) in 0.40 s" in status(app)
+        assert "monitoring" in status(app)
+        failed = DeployOutcome(port="sim://demo", kind="failed", error="boom")
+        session.emit(DeployFinished(board="demo", port="sim://demo", outcome=failed))
+        await until(pilot, lambda: "deploy failed" in status(app))
         assert str(tab.label) == "demo"
         await app.action_quit()
 
@@ -166,6 +170,7 @@ async def test_failed_build_opens_the_build_pane() -> None:
     async with app.run_test(size=SIZE) as pilot:
         session.emit(BuildStarted(generation=2, reason="changed", changed=["src/main.c"], count=1))
         session.emit(failed_build())
+        await until(pilot, lambda: "build failed" in status(app))  # the state word says so
         pane = app.query_one("#build", BuildLog)
         # the pane is filled once a frame
         await until(pilot, lambda: pane.has_class("visible") and len(pane.lines) > 1)

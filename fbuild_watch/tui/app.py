@@ -278,7 +278,8 @@ class WatchApp(App[int]):
             case BuildProgress(done=done, total=total, elapsed_ms=ms):
                 self._progress = _bar(done, total) + f" {ms / 1000:.0f}s"
             case BuildFinished(result=result):
-                self._state = "idle"
+                # a failure stays in the state word until the next build
+                self._state = "idle" if result.ok or result.cancelled else "build failed"
                 self._progress = ""
                 if result.ok:
                     build.remove_class("visible")  # collapsed while green
@@ -296,7 +297,7 @@ class WatchApp(App[int]):
                 self._tab_title(board, f"{board} {done * 100 // max(total, 1)}%")
             case DeployFinished(board=board, outcome=o):
                 self._tab_title(board, board)
-                self._state = "monitoring"
+                self._state = "monitoring" if o.ok else "deploy failed"
                 self._outcomes[board] = o.summary()
                 if self._quitting:
                     flash = o.flash_state if not o.ok else None
