@@ -424,8 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Watch the project, rebuild on change, deploy the least flash traffic possible to "
             "the board(s) and show their serial logs. Keys (TUI) or stdin lines (--plain/--json): "
-            "f full-flash, b rebuild, r reset, a app-flash, p pause, q quit; also t timestamps, "
-            "c clear, l log to file, / filter, and esp-idf-monitor's Ctrl+T Ctrl+F/A/R. "
+            "f full-flash, b rebuild, r reset, a app-flash, p pause, q quit, send TEXT (s in the "
+            "TUI); also t timestamps, c clear, l log to file, / filter, and esp-idf-monitor's "
+            "Ctrl+T chords (F/A/R/P/Y/I/L/H/X) and Ctrl+]. "
             "Quitting (q, Ctrl+C) during a deploy waits for it to finish; quitting again "
             "aborts it and reports the flash as partially written. Once the build has compiled "
             "an object or linked an ELF whose loadable contents differ from what the board's "
