@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fbuild_watch.crash.rom import RomSymbols, in_rom
@@ -94,6 +95,19 @@ class AddressNote:
                 {"function": g.function, "file": g.file, "line": g.line} for g in self.frames[1:]
             ],
         }
+
+
+def with_address_lines(lines: Sequence[str], notes: Sequence[Sequence[AddressNote]]) -> list[str]:
+    """The lines with esp-idf-monitor's decode of each code address under
+    its line (`--- 0x42009354: fail_once at main/x.c:14`). `notes` is
+    parallel to `lines`; empty: none."""
+    if not any(notes):
+        return list(lines)
+    out: list[str] = []
+    for line, noted in zip(lines, notes, strict=True):
+        out.append(line)
+        out += [f"--- {text}" for note in noted for text in note.lines()]
+    return out
 
 
 def _frame(addr: int, loc: Location, source: str, inlined: bool, origin: str) -> Frame:

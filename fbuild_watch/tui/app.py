@@ -19,7 +19,7 @@ from textual.message import Message
 from textual.widgets import Footer, Input, Log, TabbedContent, TabPane
 from textual.worker import Worker
 
-from fbuild_watch.crash.frames import AddressNote
+from fbuild_watch.crash.frames import AddressNote, with_address_lines
 from fbuild_watch.events import (
     BuildFinished,
     BuildOutput,
@@ -210,13 +210,7 @@ class WatchApp(App[int]):
         # reader thread: append only (deque.append is atomic), the timer
         # renders; the board's title/clipboard/reset sequences never reach
         # the terminal (Rich passes ESC c and OSC through), its colours do
-        if any(notes):
-            # esp-idf-monitor's way: each code address decoded under its line
-            expanded: list[str] = []
-            for line, noted in zip(lines, notes, strict=True):
-                expanded.append(line)
-                expanded += [f"--- {text}" for note in noted for text in note.lines()]
-            lines = expanded
+        lines = with_address_lines(lines, notes)
         self._pending.append((board, t, terminal_safe_lines(lines)))
 
     def _flush_serial(self) -> None:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from fbuild_watch.crash.frames import AddressNote
+from fbuild_watch.crash.frames import AddressNote, with_address_lines
 from fbuild_watch.events import (
     BoardReset,
     BuildFinished,
@@ -94,13 +94,11 @@ class LineView:
             prefix = f"[{board}] "
             if self.stamp_format is not None:
                 prefix += format_timestamp(t, self.stamp_format) + " "
-            out: list[str] = []
-            for ln, n in zip(lines, noted, strict=True):
-                # a colour the board left on must not paint our own lines
-                out.append(prefix + ln + ("\x1b[0m" if "\x1b" in ln else ""))
-                # esp-idf-monitor's way: each code address decoded under its line
-                out += [f"{prefix}--- {text}" for note in n for text in note.lines()]
-            chunk = "\n".join(out)
+            # a colour the board left on must not paint our own lines
+            chunk = "\n".join(
+                prefix + ln + ("\x1b[0m" if "\x1b" in ln else "")
+                for ln in with_address_lines(lines, noted)
+            )
         self._write(chunk)
 
     def on_event(self, ev: Event) -> None:
