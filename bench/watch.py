@@ -25,7 +25,7 @@ from typing import Any
 from bench.common import ROOT, save, stats_ms
 from fbuild_watch.build.backends import detect_backend
 from fbuild_watch.events import Event
-from fbuild_watch.loop import Loop
+from fbuild_watch.loop import WatchLoop
 from fbuild_watch.watch import IgnoreRules, Watcher, WatchOptions, WatchSet
 
 SIZES = (1_000, 10_000, 100_000)
@@ -144,7 +144,7 @@ async def _save_to_build_start(project: Path, edits: int) -> list[float]:
     ws = WatchSet(project, IgnoreRules(project, output_dirs=backend.output_dirs()), paths=["src"])
     watcher = Watcher(ws, WatchOptions())  # the default quiet period
     q: asyncio.Queue[Event] = asyncio.Queue()
-    loop = Loop(backend, ws, watcher, q.put_nowait)
+    loop = WatchLoop(backend, ws, watcher, q.put_nowait)
     task = asyncio.ensure_future(loop.run(startup_build=True))
 
     async def expect(t: str) -> Event:
@@ -240,7 +240,7 @@ async def _git_checkout_builds(n: int) -> dict[str, Any]:
             events.append(ev)
             q.put_nowait(ev)
 
-        loop = Loop(backend, ws, watcher, emit)
+        loop = WatchLoop(backend, ws, watcher, emit)
         task = asyncio.ensure_future(loop.run(startup_build=True))
         while (await asyncio.wait_for(q.get(), 30)).type != "cycle_finished":
             pass

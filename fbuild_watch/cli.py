@@ -150,7 +150,12 @@ def _deploy(args: argparse.Namespace) -> int:
     for warning in flash.warnings:
         print(f"fbuild: warning: {warning}", file=sys.stderr)
     cache = None if args.no_trust else FlashCache()
-    held = hold_ports(infos, wait_place=args.wait_place)  # labgrid places, for the deploy
+    held = hold_ports(  # labgrid places, for the deploy
+        infos,
+        on_note=lambda line: print(f"fbuild: {line}", file=sys.stderr, flush=True),
+        on_warning=lambda line: print(f"fbuild: warning: {line}", file=sys.stderr, flush=True),
+        wait_place=args.wait_place,
+    )
     try:
         return _deploy_to(args, held.infos, layout, flash, cache)
     finally:
@@ -244,7 +249,7 @@ def _watch(args: argparse.Namespace) -> int:
     from fbuild_watch.session import open_session
     from fbuild_watch.tui.app import WatchApp
 
-    app = WatchApp(open_session(opts))
+    app = WatchApp(open_session(opts, on_setup_line=_say))
     code = app.run() or 0
     for line in app.exit_report:  # the screen is gone: say how the last deploy ended
         print(line, file=sys.stderr)
@@ -262,7 +267,16 @@ def _monitor(args: argparse.Namespace) -> int:
     from fbuild_watch.session import open_session
     from fbuild_watch.tui.app import WatchApp
 
-    return WatchApp(open_session(opts, monitor_only=True), monitor_only=True).run() or 0
+    app = WatchApp(open_session(opts, monitor_only=True, on_setup_line=_say), monitor_only=True)
+    code = app.run() or 0
+    for line in app.exit_report:
+        print(line, file=sys.stderr)
+    return code
+
+
+def _say(line: str) -> None:
+    """Before the screen is up (waiting for a labgrid place)."""
+    print(f"fbuild: {line}", file=sys.stderr, flush=True)
 
 
 def _lnk(args: argparse.Namespace) -> int:

@@ -103,7 +103,7 @@ class Cycle:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-class Loop:
+class WatchLoop:
     def __init__(
         self,
         backend: Backend,

@@ -71,7 +71,7 @@ from fbuild_watch.image.settings import (
 )
 from fbuild_watch.logfilter import compile_filter
 from fbuild_watch.logtime import check_format
-from fbuild_watch.loop import Loop
+from fbuild_watch.loop import WatchLoop
 from fbuild_watch.monitor import LineSplitter, LogFile
 from fbuild_watch.plugins import load_port_schemes
 from fbuild_watch.project_lock import ProjectLock
@@ -374,13 +374,18 @@ class WatchSession:
         opts: SessionOptions,
         emit: OnEvent | None = None,
         on_serial: OnSerial | None = None,
+        *,
+        on_setup_line: Callable[[str], None] | None = None,
     ) -> None:
         self.opts = opts
+        # lines set-up shows while it waits (for a labgrid place), before any
+        # view has opened: the CLI prints them; else they are notes
+        self._on_setup_line = on_setup_line or (lambda m: self.emit(Note(message=m)))
         self._listeners: list[tuple[OnEvent, OnSerial | None]] = []
         self._log_path: Path | None = opts.log_file
         if emit is not None:
             self.listen(emit, on_serial)
-        self.loop: Loop | None = None
+        self.loop: WatchLoop | None = None
         self.boards: list[BoardSession] = []
         self.backend: Backend | None = None
         self._aio: asyncio.AbstractEventLoop | None = None
@@ -389,7 +394,7 @@ class WatchSession:
         self.project_lock: ProjectLock | None = None
         self._missing_elves: set[Path] = set()
         self._first_line: asyncio.Future[float] | None = None
-        self._held = HeldPorts([])  # labgrid places held for the session
+        self._held: HeldPorts | None = None  # labgrid places held for the session
         self._startup_warnings: list[str] = []
         self._said: set[str] = set()  # flash-settings warnings already shown
         self.monitor = resolve_monitor(MonitorSettings())
@@ -541,7 +546,7 @@ class WatchSession:
         )
         state_file = state_path_for(backend.output_dirs(), backend.project_dir)
         self.supervisor.log = DebugLog(state_file.parent / "debug.log")
-        self.loop = Loop(
+        self.loop = WatchLoop(
             backend,
             ws,
             watcher,
@@ -630,7 +635,14 @@ class WatchSession:
 
     def _hold_places(self, infos: list[PortInfo]) -> list[PortInfo]:
         """labgrid places: acquired now and held for the session."""
-        self._held = hold_ports(infos, wait_place=self.opts.wait_place, on_lost=self._place_lost)
+        self._held = hold_ports(
+            infos,
+            on_note=self._on_setup_line,
+            # at close too, when the loop may be gone: straight to the views
+            on_warning=lambda m: self.emit(Warned(message=m)),
+            wait_place=self.opts.wait_place,
+            on_lost=self._place_lost,
+        )
         return self._held.infos
 
     def _place_lost(self, place: str, serial_url: str | None, why: str) -> None:
@@ -803,7 +815,8 @@ class WatchSession:
         if self.project_lock is not None:
             self.project_lock.release()
             self.project_lock = None
-        self._held.release()  # labgrid places: given back (on Ctrl+C and SIGTERM too)
+        if self._held is not None:  # labgrid places: given back (on Ctrl+C and SIGTERM too)
+            self._held.release()
 
 
 def _bootloader_elf(layout: ValidatedLayout | None) -> Path | None:
@@ -832,10 +845,11 @@ def open_session(
     monitor_only: bool = False,
     on_event: OnEvent | None = None,
     on_serial: OnSerial | None = None,
+    on_setup_line: Callable[[str], None] | None = None,
 ) -> WatchSession:
     """A session set up for `watch` (or `monitor`): everything that can fail
     with a clear error has, before any view opens."""
-    session = WatchSession(opts, on_event, on_serial)
+    session = WatchSession(opts, on_event, on_serial, on_setup_line=on_setup_line)
     session.setup(monitor_only=monitor_only)
     return session
 

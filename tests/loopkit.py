@@ -1,4 +1,4 @@
-"""Run a `Loop` on a fake project whose build the test controls."""
+"""Run a `WatchLoop` on a fake project whose build the test controls."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from fbuild_watch.build.backends import detect_backend
 from fbuild_watch.events import Event
 from fbuild_watch.image.layout import ValidatedLayout
-from fbuild_watch.loop import Loop
+from fbuild_watch.loop import WatchLoop
 from fbuild_watch.watch import IgnoreRules, Watcher, WatchOptions, WatchSet
 from tests.fwkit import Build
 
@@ -106,7 +106,7 @@ class LoopRun:
         self.events: list[Event] = []
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         watcher = Watcher(ws, WatchOptions(quiet_ms=20)) if watch else None
-        self.loop = Loop(backend, ws, watcher, self._emit, deployer=deployer, on_busy=on_busy)
+        self.loop = WatchLoop(backend, ws, watcher, self._emit, deployer=deployer, on_busy=on_busy)
         self.task: asyncio.Task[None] | None = None
 
     def _emit(self, ev: Event) -> None:

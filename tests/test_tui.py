@@ -11,7 +11,8 @@ import pytest
 from fbuild_watch.events import Event
 from fbuild_watch.session import SessionOptions
 from fbuild_watch.sim.board import VirtualBoard
-from fbuild_watch.tui.widgets import SerialLog, StatusLine
+from fbuild_watch.tui.status import StatusLine
+from fbuild_watch.tui.widgets import SerialLog
 from tests.examplekit import copy_example
 from tests.simkit import new_board
 from tests.tuikit import RecordingApp, tui_app

@@ -27,7 +27,9 @@ from fbuild_watch.events import (
     PortState,
 )
 from fbuild_watch.tui.app import WatchApp
-from fbuild_watch.tui.widgets import BuildLog, SerialLog, StatusLine
+from fbuild_watch.tui.keybar import KeyBar
+from fbuild_watch.tui.status import StatusLine
+from fbuild_watch.tui.widgets import BuildLog, SerialLog
 from tests.tuikit import FakeSession
 
 SIZE = (110, 28)
@@ -257,6 +259,23 @@ def test_snapshot_filter_box(snap_compare: Snap) -> None:
 
     app, before = snapshot_app(FakeSession(), setup)
     assert snap_compare(app, terminal_size=SIZE, run_before=before, press=["slash", "w", "i"])
+
+
+async def test_every_key_stays_on_screen_in_a_60_column_pane() -> None:
+    app = WatchApp(FakeSession())
+    async with app.run_test(size=(60, 24)) as pilot:
+        await pilot.pause()
+        bar = app.query_one(KeyBar)
+        assert bar.region.bottom <= 24 and bar.size.height >= 2  # wrapped, not cut
+        shown = " ".join(strip.text.strip() for strip in bar.render_lines(bar.size.region))
+        for key, what in (("f", "full flash"), ("/", "filter"), ("s", "send"), ("q", "quit")):
+            assert f"{key} {what}" in shown, shown
+        await app.action_quit()
+
+
+def test_snapshot_keys_at_60_columns(snap_compare: Snap) -> None:
+    app, before = snapshot_app(FakeSession(), lambda s: None)
+    assert snap_compare(app, terminal_size=(60, 20), run_before=before)
 
 
 def test_snapshot_two_board_tabs(snap_compare: Snap) -> None:

@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from rich.markup import escape
 from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
+from textual.containers import Vertical
 from textual.css.query import NoMatches
 from textual.message import Message
-from textual.widgets import Footer, Input, Log, TabbedContent, TabPane
+from textual.widgets import Input, Log, TabbedContent, TabPane
 from textual.worker import Worker
 
 from fbuild_watch.crash.frames import AddressNote, with_address_lines
@@ -44,8 +44,10 @@ from fbuild_watch.failures import one_line
 from fbuild_watch.logtime import format_timestamp
 from fbuild_watch.termsafe import terminal_safe_lines
 from fbuild_watch.tui.filters import compile_filter
+from fbuild_watch.tui.keybar import KeyBar
 from fbuild_watch.tui.session_api import SessionAPI
-from fbuild_watch.tui.widgets import BuildLog, SerialLog, StatusLine
+from fbuild_watch.tui.status import BoardStatus, StatusLine, progress_bar
+from fbuild_watch.tui.widgets import BuildLog, SerialLog
 from fbuild_watch.views.lines import human
 
 MAX_PANE_LINES = 20_000
@@ -60,14 +62,6 @@ _TIMING_LABELS = {
     "deploy_to_first_log": "boot",
     "save_to_first_log": "save→log",
 }
-
-
-def _bar(done: int | None, total: int | None, width: int = 10) -> str:
-    """A text progress bar; a spinner-less "..." when the total is unknown."""
-    if done is None or not total:
-        return "..."
-    filled = min(width, done * width // total)
-    return "[" + "#" * filled + "-" * (width - filled) + f"] {done * 100 // total}%"
 
 
 CHORD_HELP = (
@@ -149,12 +143,8 @@ class WatchApp(App[int]):
         self._interrupted = False  # Ctrl+C: exit status 130, as in the line modes
         self._problems: dict[str, str] = {}  # part -> message (failure model)
         self.exit_report: list[str] = []  # printed after the screen is restored
+        self._unmounted = False  # events after this go to exit_report
         self._log_path: Path | None = session.log_path
-        self._state = "starting"
-        self._outcomes: dict[str, str] = {}
-        self._timings = ""
-        self._progress = ""  # the build's, on the status line
-        self._ports: dict[str, PortState] = {}  # board -> from PortChanged events
         self.lines_shown = 0  # serial lines rendered (the flood benchmark reads it)
 
     # -- layout ------------------------------------------------------------------
@@ -169,12 +159,13 @@ class WatchApp(App[int]):
             'filter: tag:level as esp-idf-monitor (wifi:W *:E), /regex/ or "text"; '
             "Enter applies, Esc closes"
         )
-        yield Input(placeholder=hint, id="filter", value=self.session.print_filter or "")
-        yield Input(
-            placeholder="send to the board (Enter sends the line and its end of line, Esc closes)",
-            id="send",
-        )
-        yield Footer()
+        with Vertical(id="bottom"):  # the boxes above the keys, none over another
+            yield Input(placeholder=hint, id="filter", value=self.session.print_filter or "")
+            yield Input(
+                placeholder="send to the board (Enter sends it and its end of line, Esc closes)",
+                id="send",
+            )
+            yield KeyBar()
 
     def on_mount(self) -> None:
         # The start-up objects (Textual, esptool, unicorn, ...) never die:
@@ -186,7 +177,10 @@ class WatchApp(App[int]):
                 collections.deque(maxlen=MAX_PANE_LINES),
             )
         self.set_interval(1 / FLUSH_HZ, self._flush_serial)
-        self._render_status()
+        status = self.query_one("#status", StatusLine)
+        status.project = self.session.project_name
+        status.boards = tuple(BoardStatus(b.label, b.url) for b in self.session.boards)
+        self._show_modes()
         if self.monitor_only:
             self.run_worker(self._monitor(), exclusive=True, group="session", exit_on_error=False)
         else:
@@ -251,6 +245,12 @@ class WatchApp(App[int]):
             return None
 
     def _post_event(self, ev: Event) -> None:
+        if self._unmounted:  # closing (a labgrid place not given back): said after the screen
+            if isinstance(ev, Warned):
+                self.exit_report.append(f"fbuild: warning: {ev.message}")
+            elif isinstance(ev, Failed):
+                self.exit_report.append(f"fbuild: error: {ev.message}")
+            return
         self.post_message(SessionEvent(ev))
 
     def on_session_event(self, message: SessionEvent) -> None:
@@ -259,22 +259,22 @@ class WatchApp(App[int]):
     def _on_event(self, ev: Event) -> None:
         try:
             build = self.query_one("#build", Log)
+            status = self.query_one("#status", StatusLine)
         except NoMatches:  # the screen is gone (quitting): nothing left to draw
             return
         match ev:
             case BuildStarted():
-                self._state = "building"
-                self._progress = ""
+                status.state = "building"
+                status.progress = ""
                 build.clear()
             case BuildOutput(line=line):
                 build.write_line(line)
-                return  # nothing on the status line changes: no re-render per line
             case BuildProgress(done=done, total=total, elapsed_ms=ms):
-                self._progress = _bar(done, total) + f" {ms / 1000:.0f}s"
+                status.progress = progress_bar(done, total) + f" {ms / 1000:.0f}s"
             case BuildFinished(result=result):
                 # a failure stays in the state word until the next build
-                self._state = "idle" if result.ok or result.cancelled else "build failed"
-                self._progress = ""
+                status.state = "idle" if result.ok or result.cancelled else "build failed"
+                status.progress = ""
                 if result.ok:
                     build.remove_class("visible")  # collapsed while green
                 else:
@@ -284,21 +284,21 @@ class WatchApp(App[int]):
                     if text:
                         build.write_lines(text.splitlines())
             case DeployStarted(board=board):
-                self._state = "deploying"
-                self._outcomes[board] = "deploying..."
+                status.state = "deploying"
+                status.set_board(board, outcome="deploying...")
             case DeployProgress(board=board, bytes_done=done, bytes_total=total):
-                self._outcomes[board] = f"writing {_bar(done, total)}"
+                status.set_board(board, outcome=f"writing {progress_bar(done, total)}")
                 self._tab_title(board, f"{board} {done * 100 // max(total, 1)}%")
             case DeployFinished(board=board, outcome=o):
                 self._tab_title(board, board)
-                self._state = "monitoring" if o.ok else "deploy failed"
-                self._outcomes[board] = o.summary()
+                status.state = "monitoring" if o.ok else "deploy failed"
+                status.set_board(board, outcome=o.summary())
                 if self._quitting:
                     flash = o.flash_state if not o.ok else None
                     state = f" (flash {flash})" if flash else ""
                     self.exit_report.append(f"{board}: deploy {o.summary()}{state}")
             case CycleFinished(timings_ms=ms):
-                self._timings = "  ".join(
+                status.timings = "  ".join(
                     f"{_TIMING_LABELS.get(k, k.replace('_', ' '))} {v:.0f}ms"
                     for k, v in ms.items()
                     if k not in ("linked", "compiled")
@@ -319,24 +319,26 @@ class WatchApp(App[int]):
                     ]
                     log.write_lines([f"  => crash decoded: {crash.reason}", *lines])
             case PortChanged(board=board, state=state):
-                self._ports[board] = state
+                status.set_board(board, port=state)
+                shown = status.board(board)
                 if state == PortState.WAITING:
-                    self._outcomes[board] = "waiting for the board"
-                elif self._outcomes.get(board) == "waiting for the board":
-                    del self._outcomes[board]  # back: the status shows "-" until a deploy
+                    status.set_board(board, outcome="waiting for the board")
+                elif shown is not None and shown.outcome == "waiting for the board":
+                    status.set_board(board, outcome="-")  # back: "-" until a deploy
             case Paused():
-                self._state = "paused"
+                status.state = "paused"
             case Resumed():
-                self._state = "idle"
+                status.state = "idle"
             case Failed(part=part, message=message):
                 if part is not None:
-                    self._problems[part] = message
+                    self._problems[part] = message  # stays on screen, not only in a toast
+                    status.problems = tuple(self._problems.values())
                 self.notify(message, severity="error")
             case Warned(message=message):
                 self.notify(message, severity="warning")
+                self._show_modes()  # a log file that failed says so there
             case Note(message=message):
                 self.notify(message, severity="information")
-        self._render_status()
 
     def _tab_title(self, board: str, title: str) -> None:
         """A board's tab shows its write's progress."""
@@ -345,33 +347,18 @@ class WatchApp(App[int]):
         except (NoMatches, ValueError):
             pass
 
-    def _render_status(self) -> None:
-        boards = "  ".join(
-            f"[b]{escape(b.label)}[/b] {escape(b.url)} "
-            f"({self._ports.get(b.label, PortState.CLOSED)}): "
-            + escape(self._outcomes.get(b.label, "-"))
-            for b in self.session.boards
-        )
-        project = escape(self.session.project_name)
-        extras = []
+    def _show_modes(self) -> None:
+        modes = []
         if self._timestamps:
-            extras.append("timestamps")
+            modes.append("timestamps")
         if self._muted:
-            extras.append("output muted (Ctrl+T Ctrl+Y)")
+            modes.append("output muted (Ctrl+T Ctrl+Y)")
         if self._filter is not None:
-            extras.append("filtered")
+            modes.append("filtered")
         if self._log_path is not None:
             broken = [b.log_failed for b in self.session.boards if b.log_failed]
-            extras.append(
-                f"log file off: {broken[0]}" if broken else f"logging to {self._log_path}"
-            )
-        line2 = self._timings + ("   " + ", ".join(extras) if extras else "")
-        if self._problems:  # a failed part stays on screen, not only in a toast
-            line2 = "[b red]" + escape("; ".join(self._problems.values())) + "[/]  " + line2
-        progress = " " + self._progress if self._progress else ""
-        self.query_one("#status", StatusLine).update(
-            f"[b]{project}[/b]  {self._state}{escape(progress)}   {boards}\n{line2}"
-        )
+            modes.append(f"log file off: {broken[0]}" if broken else f"logging to {self._log_path}")
+        self.query_one("#status", StatusLine).modes = tuple(modes)
 
     # -- keys ------------------------------------------------------------------------
     def action_command(self, name: str) -> None:
@@ -422,7 +409,7 @@ class WatchApp(App[int]):
     def action_toggle_mute(self) -> None:
         self._muted = not self._muted
         self.notify("output muted (Ctrl+T Ctrl+Y again to show it)" if self._muted else "output on")
-        self._render_status()
+        self._show_modes()
 
     def action_send_ctrl_t(self) -> None:
         self._send_bytes("\x14")
@@ -442,7 +429,7 @@ class WatchApp(App[int]):
     def action_toggle_timestamps(self) -> None:
         self._timestamps = not self._timestamps
         self._rerender()
-        self._render_status()
+        self._show_modes()
 
     def action_clear(self) -> None:
         for times, texts in self._history.values():
@@ -462,7 +449,7 @@ class WatchApp(App[int]):
             self.session.set_log_file(None)
             self.notify(f"log file closed: {self._log_path}")
             self._log_path = None
-        self._render_status()
+        self._show_modes()
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -484,7 +471,7 @@ class WatchApp(App[int]):
         message.input.remove_class("visible")
         self.set_focus(None)
         self._rerender()
-        self._render_status()
+        self._show_modes()
 
     def _rerender(self) -> None:
         for label, (times, texts) in self._history.items():
@@ -512,8 +499,8 @@ class WatchApp(App[int]):
         if what == "aborting":
             self.notify("aborting the deploy", severity="warning")
         self._quitting = True
-        self._state = "quitting after the deploy (q or Ctrl+C again: abort it)"
-        self._render_status()
+        status = self.query_one("#status", StatusLine)
+        status.state = "quitting after the deploy (q or Ctrl+C again: abort it)"
 
     async def action_interrupt(self) -> None:
         self._interrupted = True
@@ -548,5 +535,6 @@ class WatchApp(App[int]):
             self._leave()
 
     def on_unmount(self) -> None:
+        self._unmounted = True
         self.session.stop()
         self.session.close()

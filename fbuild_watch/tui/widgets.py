@@ -1,4 +1,4 @@
-"""Widgets: the serial log pane, the build pane and the status line."""
+"""Widgets: the serial log pane and the build pane (the status line: status.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rich.text import Text
 from textual import events
 from textual.strip import Strip
 from textual.timer import Timer
-from textual.widgets import Log, Static
+from textual.widgets import Log
 
 from fbuild_watch.monitor import idf_level
 
@@ -148,7 +148,3 @@ class BuildLog(Log):
     def clear(self) -> Self:
         self._pending.clear()
         return super().clear()
-
-
-class StatusLine(Static):
-    pass
