@@ -315,15 +315,30 @@ class OnSerial(Protocol):
 
 
 def serial_line_json(
-    board: str, port: str, text: str, t: float, notes: Sequence[AddressNote] = ()
+    board: str,
+    port: str,
+    text: str,
+    t: float,
+    notes: Sequence[AddressNote] = (),
+    *,
+    partial: bool = False,
 ) -> dict[str, Any]:
     """A board's line in `--json`. Not an `Event`: lines go from the board's
     worker thread straight to the views (a flood must not queue behind the
     loop), but the schema is the same. `addresses`: the code addresses in
-    the line, decoded (only when there are some)."""
-    out = {"type": "serial_line", "t": round(t, 6), "board": board, "port": port, "text": text}
+    the line, decoded (only when there are some). `partial`: a piece of a
+    line too long to keep whole; the next `serial_line` continues it."""
+    out: dict[str, Any] = {
+        "type": "serial_line",
+        "t": round(t, 6),
+        "board": board,
+        "port": port,
+        "text": text,
+    }
     if notes:
         out["addresses"] = [n.as_dict() for n in notes]
+    if partial:
+        out["partial"] = True
     return out
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-MAX_LINE = 4096  # a longer "line" is split: a flood without newlines must not grow memory
+# A longer "line" is cut into pieces (a flood without newlines must not grow
+# memory); each piece but the last is a LinePiece, so views can say so.
+MAX_LINE = 64 * 1024
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # ESP-IDF log line: "I (123) tag: message", optionally wrapped in colour codes
 IDF_LINE = re.compile(r"^(?:\x1b\[[0-9;]*m)?([EWIDV]) \((\d+)\) ([^:]+):")
@@ -23,9 +25,29 @@ IDF_LINE = re.compile(r"^(?:\x1b\[[0-9;]*m)?([EWIDV]) \((\d+)\) ([^:]+):")
 _EOL = re.compile(rb"\r\n|\r|\n")
 
 
+class LinePiece(str):
+    """A piece of a line longer than MAX_LINE bytes: the next line continues
+    it (`"partial": true` in `--json`)."""
+
+    __slots__ = ()
+
+
+CONTINUES = " [line continues]"  # how the human views end a LinePiece
+
+
+def _cut(raw: bytes) -> int:
+    """Where to cut a long line: at MAX_LINE, moved back to the start of a
+    UTF-8 character so no piece ends in half of one."""
+    at = MAX_LINE
+    while at > MAX_LINE - 4 and raw[at] & 0xC0 == 0x80:
+        at -= 1
+    return at
+
+
 class LineSplitter:
     """Bytes -> text lines. CRLF, LF and CR-only line ends; invalid UTF-8
-    becomes U+FFFD; megabyte "lines" are cut every MAX_LINE characters.
+    becomes U+FFFD; megabyte "lines" are cut into LinePieces of MAX_LINE
+    bytes at most.
 
     Splitting is done by the regex engine, not a Python loop per byte: at
     flood rates the reader thread must leave the GIL to the UI.
@@ -48,9 +70,10 @@ class LineSplitter:
             self._emit(data[pos : m.start()], lines)
             pos = m.end()
         rest = data[pos:]
-        while len(rest) >= MAX_LINE:
-            lines.append(rest[:MAX_LINE].decode("utf-8", "replace"))
-            rest = rest[MAX_LINE:]
+        while len(rest) > MAX_LINE:  # the rest continues it, whatever comes
+            at = _cut(rest)
+            lines.append(LinePiece(rest[:at].decode("utf-8", "replace")))
+            rest = rest[at:]
         self._buf = rest
         return lines
 
@@ -66,8 +89,9 @@ class LineSplitter:
     @staticmethod
     def _emit(raw: bytes, lines: list[str]) -> None:
         while len(raw) > MAX_LINE:
-            lines.append(raw[:MAX_LINE].decode("utf-8", "replace"))
-            raw = raw[MAX_LINE:]
+            at = _cut(raw)
+            lines.append(LinePiece(raw[:at].decode("utf-8", "replace")))
+            raw = raw[at:]
         lines.append(raw.decode("utf-8", "replace"))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -45,7 +46,8 @@ from fbuild_watch.events import (
     event_classes,
     serial_line_json,
 )
-from fbuild_watch.views.lines import human
+from fbuild_watch.monitor import CONTINUES, LinePiece
+from fbuild_watch.views.lines import LineView, human
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BOARD = {"board": "demo", "port": "sim://demo"}
@@ -136,9 +138,23 @@ def test_serial_line_matches_the_schema() -> None:
     frame = Frame(address=0x42000054, function="app_main", file="main.c", line=3, source="log")
     note = AddressNote(0x42000054, (frame,))
     line = serial_line_json("demo", "sim://demo", "at 0x42000054", 1.0, [note])
-    assert set(line) - {"type", "t"} == readme_schema()["serial_line"]
+    assert set(line) - {"type", "t"} == readme_schema()["serial_line"] - {"partial"}
     assert line["addresses"][0]["function"] == "app_main"
     assert "addresses" not in serial_line_json("demo", "sim://demo", "hello", 1.0)
+    piece = serial_line_json("demo", "sim://demo", "x" * 10, 1.0, [note], partial=True)
+    assert set(piece) - {"type", "t"} == readme_schema()["serial_line"]
+    assert piece["partial"] is True and "partial" not in line
+
+
+def test_a_line_too_long_to_keep_whole_is_marked_in_every_view() -> None:
+    out = io.StringIO()
+    view = LineView(json_mode=True, out=out)
+    view.on_serial("demo", "sim://demo", 1.0, [LinePiece("a" * 5), "bc"])
+    docs = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [(d["text"], d.get("partial")) for d in docs] == [("aaaaa", True), ("bc", None)]
+    out = io.StringIO()
+    LineView(json_mode=False, out=out).on_serial("demo", "sim://demo", 1.0, [LinePiece("a"), "b"])
+    assert out.getvalue().splitlines() == ["[demo] a" + CONTINUES, "[demo] b"]
 
 
 def test_every_state_name_is_a_string_in_json() -> None:

@@ -20,7 +20,7 @@ from fbuild_watch.config import load_config
 from fbuild_watch.decode import MAX_REPORT_ADDRS, CrashDetector
 from fbuild_watch.errors import ConfigError
 from fbuild_watch.lnk.format import parse_pointer
-from fbuild_watch.monitor import MAX_LINE, LineSplitter
+from fbuild_watch.monitor import MAX_LINE, LinePiece, LineSplitter
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -65,10 +65,24 @@ def test_every_ending_is_one_line_end(text: str) -> None:
 def test_megabyte_lines_and_invalid_utf8_are_bounded() -> None:
     sp = LineSplitter()
     lines = sp.feed(b"\xff" * (1 << 20))
-    assert len(lines) == (1 << 20) // MAX_LINE and all(len(x) == MAX_LINE for x in lines)
-    assert set("".join(lines)) == {"\ufffd"} and sp._buf == b""
+    # every piece but the last says the line goes on; the last waits for its end
+    assert len(lines) == (1 << 20) // MAX_LINE - 1 and all(len(x) == MAX_LINE for x in lines)
+    assert all(type(x) is LinePiece for x in lines) and len(sp._buf) == MAX_LINE
+    assert set("".join(lines)) == {"\ufffd"}
+    last = sp.flush()
+    assert len(last) == 1 and type(last[0]) is str and sp._buf == b""
     # a line split mid-character across reads still decodes
     assert sp.feed("€".encode()[:2]) == [] and sp.feed("€\n".encode()[2:]) == ["€"]
+
+
+def test_a_long_line_is_kept_whole_and_a_longer_one_cut_between_characters() -> None:
+    sp = LineSplitter()
+    whole = "x" * 10_000  # ESP-IDF hex dumps, JSON blobs: once cut at 4096
+    assert sp.feed(whole.encode() + b"\r\n") == [whole]
+    text = "a" + "é" * MAX_LINE  # a cut at MAX_LINE bytes would land mid-character
+    pieces = sp.feed(text.encode() + b"\n")
+    assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
+    assert [type(p) for p in pieces] == [LinePiece, LinePiece, str]
 
 
 @FUZZ

@@ -42,6 +42,7 @@ from fbuild_watch.events import (
 )
 from fbuild_watch.failures import one_line
 from fbuild_watch.logtime import format_timestamp
+from fbuild_watch.monitor import CONTINUES, LinePiece
 from fbuild_watch.termsafe import terminal_safe_lines
 from fbuild_watch.tui.filters import compile_filter
 from fbuild_watch.tui.keybar import KeyBar
@@ -204,6 +205,8 @@ class WatchApp(App[int]):
         # reader thread: append only (deque.append is atomic), the timer
         # renders; the board's title/clipboard/reset sequences never reach
         # the terminal (Rich passes ESC c and OSC through), its colours do
+        if any(type(ln) is LinePiece for ln in lines):  # a line too long to keep whole
+            lines = [ln + CONTINUES if type(ln) is LinePiece else ln for ln in lines]
         lines = with_address_lines(lines, notes)
         self._pending.append((board, t, terminal_safe_lines(lines)))
 

@@ -42,6 +42,7 @@ from fbuild_watch.events import (
 )
 from fbuild_watch.logfilter import compile_filter
 from fbuild_watch.logtime import format_timestamp
+from fbuild_watch.monitor import CONTINUES, LinePiece
 from fbuild_watch.session import SessionOptions, WatchSession
 from fbuild_watch.termsafe import terminal_safe_lines
 
@@ -84,17 +85,19 @@ class LineView:
             lines, noted = [ln for ln, _ in kept], [n for _, n in kept]
             if not lines:
                 return
+        pieces = [isinstance(ln, LinePiece) for ln in lines]  # before they are copied
         lines = terminal_safe_lines(lines, keep_sgr=self.json_mode or self.colour)
         if self.json_mode:
             chunk = "\n".join(
-                json.dumps(serial_line_json(board, port, ln, t, n))
-                for ln, n in zip(lines, noted, strict=True)
+                json.dumps(serial_line_json(board, port, ln, t, n, partial=p))
+                for ln, n, p in zip(lines, noted, pieces, strict=True)
             )
         else:
             prefix = f"[{board}] "
             if self.stamp_format is not None:
                 prefix += format_timestamp(t, self.stamp_format) + " "
             # a colour the board left on must not paint our own lines
+            lines = [ln + CONTINUES if p else ln for ln, p in zip(lines, pieces, strict=True)]
             chunk = "\n".join(
                 prefix + ln + ("\x1b[0m" if "\x1b" in ln else "")
                 for ln in with_address_lines(lines, noted)
