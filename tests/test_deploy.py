@@ -423,7 +423,7 @@ def test_session_connects_ahead_only_when_the_loadable_bytes_differ(
 
 
 def test_an_idle_board_sleeps_instead_of_spinning(builds: Builds, tmp_path: Path) -> None:
-    """The example's delay_ms polls SYSTIMER (latch, then read): the virtual
+    """The example's tick wait (delay_until) polls SYSTIMER (latch, then read): the virtual
     board must turn that into real sleeps, or every idle board burns a host
     core and slows the very builds the loop is timing."""
     r = rig(tmp_path)

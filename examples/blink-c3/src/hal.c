@@ -1,4 +1,4 @@
-/* Bare-metal UART0 output, SYSTIMER time and the LED GPIO. */
+/* Bare-metal UART0 output and input, SYSTIMER time and the LED GPIO. */
 #include "hal.h"
 #include "soc.h"
 
@@ -30,6 +30,14 @@ void uart_puthex(uint32_t v) {
     for (int shift = 28; shift >= 0; shift -= 4) uart_putc(digits[(v >> shift) & 0xF]);
 }
 
+/* The next byte in UART0's RX FIFO, or -1 if it is empty: the count in
+   UART_STATUS_REG, then one read of the FIFO register per byte (ESP-IDF's
+   uart_ll_get_rxfifo_len and uart_ll_read_rxfifo). */
+int uart_getc(void) {
+    if (!UART_RXFIFO_CNT(UART0_STATUS_REG)) return -1;
+    return (int)(UART0_FIFO_REG & 0xFF);
+}
+
 uint64_t systimer_ticks(void) {
     SYSTIMER_UNIT0_OP_REG = SYSTIMER_UNIT0_UPDATE;
     while (!(SYSTIMER_UNIT0_OP_REG & SYSTIMER_UNIT0_VALUE_VALID)) {
@@ -43,9 +51,17 @@ uint32_t millis(void) {
     return (uint32_t)(systimer_ticks() / SYSTIMER_TICKS_PER_MS);
 }
 
+/* The SYSTIMER count `ms` from now, for delay_until. */
+uint64_t deadline_ms(uint32_t ms) {
+    return systimer_ticks() + (uint64_t)ms * SYSTIMER_TICKS_PER_MS;
+}
+
 void delay_ms(uint32_t ms) {
-    uint64_t end = systimer_ticks() + (uint64_t)ms * SYSTIMER_TICKS_PER_MS;
-    while (systimer_ticks() < end) {
+    delay_until(deadline_ms(ms));
+}
+
+void delay_until(uint64_t ticks) {
+    while (systimer_ticks() < ticks) {
     }
 }
 

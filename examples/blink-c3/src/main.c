@@ -2,7 +2,11 @@
 
    Prints a boot line with its version, then a counter every 500 ms while it
    toggles the LED. Built with CRASH=1 it writes through a NULL pointer on
-   the third tick, to show panic decoding in the monitor. */
+   the third tick, to show panic decoding in the monitor.
+
+   A console on UART0 (`send TEXT` / `s` in fbuild watch): `v` prints the
+   version line again, `c` crashes on purpose the way CRASH=1 does; other
+   bytes, such as the CR LF ending a sent line, are ignored. */
 #include <stdint.h>
 #include "hal.h"
 #include "version.h"
@@ -24,11 +28,30 @@ __attribute__((noinline)) static void store_sample(volatile uint32_t *slot, uint
     *slot = value; /* with CRASH=1, slot is NULL: Store access fault here */
 }
 
+#define TICK_MS 500
+#define CONSOLE_POLL_MS 10 /* a key is answered within 10 ms */
+
+static void version_line(void) {
+    log_info("blink", "blink-c3 version " APP_VERSION "\r\n");
+}
+
+/* Reads what the console has received; 1 if it asked for a crash. */
+static int serve_console(void) {
+    int crash = 0;
+    for (int c; (c = uart_getc()) >= 0;) {
+        if (c == 'v')
+            version_line();
+        else if (c == 'c')
+            crash = 1;
+    }
+    return crash;
+}
+
 int main(void) {
     rtc_wdt_disable();
     led_init();
     uart_puts("\r\n");
-    log_info("blink", "blink-c3 version " APP_VERSION "\r\n");
+    version_line();
     uint32_t size = (uint32_t)(asset_blob_end - asset_blob);
     if (size) {
         log_info("blink", "asset ");
@@ -46,7 +69,13 @@ int main(void) {
         uart_puts(n & 1 ? " led on\r\n" : " led off\r\n");
         if (CRASH && n == 2) slot = 0;
         store_sample(slot, n);
-        delay_ms(500);
+        /* one deadline per tick, so the console polls do not stretch it */
+        uint64_t end = deadline_ms(TICK_MS);
+        while (systimer_ticks() < end) {
+            if (serve_console()) store_sample(0, n); /* CRASH=1's fault, on demand */
+            uint64_t poll = deadline_ms(CONSOLE_POLL_MS);
+            delay_until(poll < end ? poll : end);
+        }
     }
 }
 

@@ -6,7 +6,8 @@
 
 #define UART0_FIFO_REG       REG(0x60000000)
 #define UART0_STATUS_REG     REG(0x6000001C)
-#define UART_TXFIFO_CNT(s)   (((s) >> 16) & 0x3FF)
+#define UART_RXFIFO_CNT(s)   ((s) & 0x3FF)          /* UART_STATUS_REG bits 0..9 */
+#define UART_TXFIFO_CNT(s)   (((s) >> 16) & 0x3FF)  /* bits 16..25 */
 
 #define GPIO_OUT_W1TS_REG    REG(0x60004008)
 #define GPIO_OUT_W1TC_REG    REG(0x6000400C)
