@@ -14,6 +14,8 @@ board with realistic timing, and the log pane's throughput.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -38,12 +40,27 @@ from fbuild_watch.session import SessionOptions, WatchSession
 from fbuild_watch.sim.board import VirtualBoard
 
 EDITS = 20
+# The commit before issue #19's rework (worker threads, typed events): the
+# loop's figure must stay within 5% of it, measured in the same run.
+BASELINE = "5a43278"
+_BASELINE_RUN = """
+import asyncio, json, sys, tempfile
+from pathlib import Path
+import bench.loop as L
+from bench.common import copy_example
+from fbuild_watch import sim
+from fbuild_watch.sim.board import VirtualBoard
+with tempfile.TemporaryDirectory() as tmp:
+    project = copy_example(Path(tmp))
+    board = sim.add_board(VirtualBoard("loopbase", timing=sim.REALISTIC, record_tx=False))
+    cycles = asyncio.run(L._ours(project, board, Path(tmp) / "cache"))
+print(json.dumps([c["write_to_first_log"] for c in cycles]))
+"""
 
 
 async def _ours(project: Path, board: VirtualBoard, cache: Path) -> list[dict[str, float]]:
     q: asyncio.Queue[Event] = asyncio.Queue()
     opts = SessionOptions(project=project, ports=[f"sim://{board.name}"], build_on_start=True)
-    import os
 
     os.environ["FBUILD_CACHE_DIR"] = str(cache)
     session = WatchSession(opts, q.put_nowait, lambda *a: None)
@@ -201,7 +218,29 @@ async def _pane_throughput(rate: int = 25_000, seconds: float = 4.0) -> dict[str
     }
 
 
+def _baseline(rev: str = BASELINE) -> list[float]:
+    """The same 20 edits with the code of `rev` (its tree unpacked by `git
+    archive` into a temporary directory, imported ahead of ours)."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        tar = subprocess.run(
+            ["git", "archive", "--format=tar", rev], cwd=root, capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=tar, check=True)
+        env = {**os.environ, "PYTHONPATH": tmp}
+        out = subprocess.run(
+            [sys.executable, "-c", _BASELINE_RUN],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    return [ms / 1000 for ms in json.loads(out.splitlines()[-1])]
+
+
 def main() -> dict[str, Any]:
+    baseline = _baseline()
     with tempfile.TemporaryDirectory() as tmp:
         project = copy_example(Path(tmp))
         board = sim.add_board(VirtualBoard("loopbench", timing=sim.REALISTIC, record_tx=False))
@@ -226,7 +265,7 @@ def main() -> dict[str, Any]:
         if any(k in c for c in cycles)
     }
     pane = asyncio.run(_pane_throughput())
-    ours, peer_stats = stats_ms(ours_s), stats_ms(peer)
+    ours, peer_stats, base = stats_ms(ours_s), stats_ms(peer), stats_ms(baseline)
     result = {
         "description": "save -> first log line of the new firmware (virtual board, realistic timing)",
         "goals": {
@@ -240,6 +279,8 @@ def main() -> dict[str, Any]:
         "connect_trigger": {k: sum(k in c for c in cycles) for k in ("compiled", "linked")},
         "peer_make_esptool_diff_with_monitor": peer_stats,
         "ratio_peer_over_ours": round(peer_stats["median_ms"] / ours["median_ms"], 2),
+        "baseline": {"commit": BASELINE, **base},
+        "ratio_ours_over_baseline": round(ours["median_ms"] / base["median_ms"], 3),
         "pane": pane,
     }
     save("loop", result)
@@ -264,6 +305,7 @@ def render(result: dict[str, Any]) -> list[str]:
         f"| make + esptool --diff-with + monitor reopen (in-process esptool) | {p['median_ms']:.0f} ms | {p['p90_ms']:.0f} ms |",
         "",
         f"Peer / ours: {result['ratio_peer_over_ours']}x. Goal: median <= {g['save_to_first_log_median_ms']} ms.",
+        *_baseline_lines(result),
         "",
         "Phase medians (ms): "
         + ", ".join(f"{k.replace('_', ' ')} {v:.0f}" for k, v in ph.items())
@@ -276,6 +318,19 @@ def render(result: dict[str, Any]) -> list[str]:
         f"max {pane['key_latency_ms']['max']} ms over {pane['key_latency_ms']['n']} key presses; log file "
         f"{pane['bytes_in_log_file']:,} of {pane['bytes_sent']:,} bytes. Goals: >= {g['pane_lines_per_s']:,} "
         f"lines/s, key latency <= {g['key_latency_max_ms']} ms, no byte lost.",
+    ]
+
+
+def _baseline_lines(result: dict[str, Any]) -> list[str]:
+    b = result.get("baseline")
+    if not b:
+        return []
+    return [
+        "",
+        f"No regression: the same edits with the code of {b['commit']} (before issue #19's worker "
+        f"threads and typed events), measured first in the same run: median {b['median_ms']:.0f} ms, "
+        f"p90 {b['p90_ms']:.0f} ms; ours / before = {result['ratio_ours_over_baseline']}x "
+        "(goal <= 1.05x).",
     ]
 
 

@@ -28,7 +28,7 @@ from fbuild_watch.crash.frames import AddressNote
 from fbuild_watch.crash.rom import rom_scripts
 from fbuild_watch.decode import Crash, CrashDetector
 from fbuild_watch.deploy.engine import BoardDeployer
-from fbuild_watch.deploy.outcome import DeployOutcome
+from fbuild_watch.deploy.outcome import DeployKind, DeployOutcome
 from fbuild_watch.deploy.ports import (
     DEFAULT_BAUD,
     PortInfo,
@@ -296,7 +296,7 @@ class MultiDeployer:
                 b.first_line_after = None
                 b.needs_deploy, b.held_link, ok = True, None, False
                 continue
-            if o.kind == "trust-skip" or not o.ok:
+            if o.kind == DeployKind.TRUST_SKIP or not o.ok:
                 b.first_line_after = None  # no new firmware is going to print
             ok &= o.ok
             b.needs_deploy = not o.ok

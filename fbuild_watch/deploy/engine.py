@@ -28,7 +28,7 @@ from esptool.reset import ClassicReset, HardReset, UnixTightReset, USBJTAGSerial
 
 from fbuild_watch.deploy.compat import BoardFacts, board_facts, check_board, check_encryption
 from fbuild_watch.deploy.esplog import captured
-from fbuild_watch.deploy.outcome import DeployOutcome
+from fbuild_watch.deploy.outcome import DeployKind, DeployOutcome
 from fbuild_watch.deploy.plan import (
     COMMAND_S,
     ROM_BAUD,
@@ -360,7 +360,7 @@ class BoardDeployer:
         trusted = self.effective_trust()  # first: it notices a port that went away
         held = self._take_connected()
         if trusted is not None and all(trusted.regions.get(r.offset) == r.data for r in regions):
-            out.kind = "trust-skip"
+            out.kind = DeployKind.TRUST_SKIP
             out.identity = trusted.identity
             out.regions_skipped = [r.name for r in regions]
             if held is not None:  # connected ahead for nothing: back into the app
@@ -423,7 +423,7 @@ class BoardDeployer:
         self.conn.close()
 
     def _failed(self, out: DeployOutcome, exc: BaseException) -> None:
-        out.kind = "failed"
+        out.kind = DeployKind.FAILED
         text = " ".join(str(exc).split()) or type(exc).__name__
         out.error = text.split(" For troubleshooting")[0]
         if self._aborting:
@@ -437,7 +437,7 @@ class BoardDeployer:
     def _refused(self, out: DeployOutcome, problem: str) -> None:
         """Refused before the first byte: failed, but the flash is what it
         was, so trust stays."""
-        out.kind = "failed"
+        out.kind = DeployKind.FAILED
         out.error = problem
         out.flash_state = "unchanged: nothing was written"
 
@@ -676,17 +676,17 @@ class BoardDeployer:
         known: dict[int, bytes] = dict(trusted.regions) if trusted else {}
         verified_regions: dict[int, bytes] = {}
         if full:
-            out.kind = "full"
+            out.kind = DeployKind.FULL
             runs = [Run(r.name, r.offset, r.data) for r in regions]
         elif trusted is not None:
-            out.kind = "sector-delta"
+            out.kind = DeployKind.SECTOR_DELTA
             runs = [
                 run
                 for r in regions
                 for run in sector_runs(r.name, r.offset, r.data, known.get(r.offset))
             ]
         else:
-            out.kind = "verify-probe"
+            out.kind = DeployKind.VERIFY_PROBE
             t = time.monotonic()
             runs = self._probe(esp, regions, out, verified_regions)
             out.phases["verify"] = time.monotonic() - t
@@ -720,7 +720,7 @@ class BoardDeployer:
                 if run.region not in out.regions_written:
                     out.regions_written.append(run.region)
             out.phases["write"] = time.monotonic() - t
-            if out.kind == "sector-delta":
+            if out.kind == DeployKind.SECTOR_DELTA:
                 # final check of each touched region as a whole (esptool diff_with's rule)
                 t = time.monotonic()
                 for r in regions:

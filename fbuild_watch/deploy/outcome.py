@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
-KINDS = ("trust-skip", "sector-delta", "verify-probe", "full", "failed")
+
+class DeployKind(StrEnum):
+    """The rung of the deploy ladder that ran (README, "Deploying")."""
+
+    TRUST_SKIP = "trust-skip"
+    SECTOR_DELTA = "sector-delta"
+    VERIFY_PROBE = "verify-probe"
+    FULL = "full"
+    FAILED = "failed"
 
 
 @dataclass
 class DeployOutcome:
     port: str
-    kind: str = "failed"
+    kind: DeployKind = DeployKind.FAILED
     image_hash: str | None = None
     regions_written: list[str] = field(default_factory=list)
     regions_skipped: list[str] = field(default_factory=list)
@@ -45,7 +54,7 @@ class DeployOutcome:
 
     @property
     def ok(self) -> bool:
-        return self.kind != "failed"
+        return self.kind != DeployKind.FAILED
 
     @property
     def wire_bytes(self) -> int:
@@ -60,11 +69,11 @@ class DeployOutcome:
         return text
 
     def _summary(self) -> str:
-        if self.kind == "trust-skip":
+        if self.kind == DeployKind.TRUST_SKIP:
             if self.resets:  # connected ahead of an image the board already held
                 return "skipped: board already holds this image (it was reset)"
             return "skipped: board already runs this image"
-        if self.kind == "failed":
+        if self.kind == DeployKind.FAILED:
             return f"failed: {self.error}"
         kib = self.flash_bytes_written / 1024
         plural = "s" if self.sectors_written != 1 else ""
