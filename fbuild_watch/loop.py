@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -103,6 +104,21 @@ class Cycle:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def fixed_settings(backend: Backend) -> dict[str, object]:
+    """The settings a running session cannot change: the ports it holds,
+    the monitor it runs, what it watches (README, "Watching")."""
+    out: dict[str, object] = {}
+    cfg = backend.config
+    if cfg is not None:
+        out["[board] port"] = cfg.port
+        out["[watch]"] = (cfg.watch_paths, cfg.watch_ignore, cfg.debounce_ms)
+        out["[monitor]"] = cfg.monitor_baud
+    with contextlib.suppress(FbuildError):  # a broken file: the build says it
+        monitor = backend.monitor_settings()
+        out["the monitor settings"] = dataclasses.replace(monitor, warnings=(), origins=())
+    return out
+
+
 class WatchLoop:
     def __init__(
         self,
@@ -155,6 +171,9 @@ class WatchLoop:
         self._watcher_failures: list[float] = []
         # boards taken into their bootloaders while the build makes the image
         self.ahead = ConnectAhead(deployer, self._background) if deployer is not None else None
+        # what the session took at start and keeps: an edit to it says "restart"
+        self._fixed_settings = fixed_settings(backend)
+        self._restart_said: list[str] = []
 
     def _report_failure(self, part: str, message: str) -> None:
         """Called on whatever thread failed; handled on the loop's."""
@@ -388,12 +407,18 @@ class WatchLoop:
             self.emit(Warned(message=message))
             return
         self.backend = backend
-        self.emit(
-            Note(
-                message=f"{what} changed: build settings reloaded "
-                "([board], [monitor] and [watch] changes take effect on restart)"
+        self.emit(Note(message=f"{what} changed: build settings reloaded"))
+        now = fixed_settings(backend)
+        differ = [k for k in sorted(self._fixed_settings.keys() | now.keys())
+                  if self._fixed_settings.get(k) != now.get(k)]  # fmt: skip
+        if differ and differ != self._restart_said:
+            self.emit(
+                Warned(
+                    message=f"{what}: {', '.join(differ)} changed; restart fbuild watch to apply "
+                    "(this session keeps the settings it started with)"
+                )
             )
-        )
+        self._restart_said = differ
 
     def _elf_path(self) -> Path | None:
         try:

@@ -277,6 +277,13 @@ async def test_an_edited_fbuild_toml_applies_to_the_next_build(
     await run.expect("note", lambda e: "build settings reloaded" in e.data["message"])
     await run.expect("build_finished")
     assert run.loop.backend.config is not None and run.loop.backend.config.env["MARK"] == "1"
+    # the port and the monitor are the session's: said, not silently kept
+    toml.write_text(toml.read_text() + '\n[monitor]\nbaud = 74880\n[board]\nport = ["sim://x"]\n')
+    warn = await run.expect("warning")
+    assert warn.data["message"].startswith(
+        "fbuild.toml: [board] port, [monitor] changed; restart fbuild watch to apply"
+    )
+    await run.expect("build_finished")
     toml.write_text("[build]\ncommand = 'not a list'\n")
     warn = await run.expect("warning")
     assert (
