@@ -249,7 +249,7 @@ def _watch(args: argparse.Namespace) -> int:
     from fbuild_watch.session import open_session
     from fbuild_watch.tui.app import WatchApp
 
-    app = WatchApp(open_session(opts, on_setup_line=_say))
+    app = WatchApp(open_session(opts, on_setup_line=_say), timeout=args.timeout)
     code = app.run() or 0
     for line in app.exit_report:  # the screen is gone: say how the last deploy ended
         print(line, file=sys.stderr)
@@ -267,7 +267,8 @@ def _monitor(args: argparse.Namespace) -> int:
     from fbuild_watch.session import open_session
     from fbuild_watch.tui.app import WatchApp
 
-    app = WatchApp(open_session(opts, monitor_only=True, on_setup_line=_say), monitor_only=True)
+    session = open_session(opts, monitor_only=True, on_setup_line=_say)
+    app = WatchApp(session, monitor_only=True, timeout=args.timeout)
     code = app.run() or 0
     for line in app.exit_report:
         print(line, file=sys.stderr)

@@ -154,6 +154,16 @@ async def test_status_line_and_tab_follow_a_deploy() -> None:
         await app.action_quit()
 
 
+async def test_timeout_quits_like_q_and_the_log_pane_has_the_keys_at_start() -> None:
+    app = WatchApp(FakeSession(), timeout=0.3)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        # PageUp/End scroll the log at once: no Tab first
+        assert isinstance(app.focused, SerialLog), app.focused
+        await until(pilot, lambda: app.return_code is not None)
+    assert app.return_code == 0
+
+
 async def test_a_failed_part_stays_on_the_status_line_and_the_exit_is_1() -> None:
     session = FakeSession()
     app = WatchApp(session)

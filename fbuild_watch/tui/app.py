@@ -124,10 +124,14 @@ class WatchApp(App[int]):
         "ctrl+x": "quit",
     }
 
-    def __init__(self, session: SessionAPI, *, monitor_only: bool = False) -> None:
-        """`session` is set up (its errors came before the screen opened)."""
+    def __init__(
+        self, session: SessionAPI, *, monitor_only: bool = False, timeout: float | None = None
+    ) -> None:
+        """`session` is set up (its errors came before the screen opened).
+        `timeout`: quit after that many seconds, as `q` would (--timeout)."""
         super().__init__()
         self.session = session
+        self._timeout = timeout
         session.listen(self._post_event, self._on_serial)
         self.monitor_only = monitor_only
         self._pending: collections.deque[tuple[str, float, list[str]]] = collections.deque()
@@ -178,6 +182,12 @@ class WatchApp(App[int]):
                 collections.deque(maxlen=MAX_PANE_LINES),
             )
         self.set_interval(1 / FLUSH_HZ, self._flush_serial)
+        if self._timeout is not None:
+            self.set_timer(self._timeout, self.action_quit)
+        if self.session.boards:  # PageUp/Up/End scroll the log at once, no Tab first
+            first = self._log_widget(self.session.boards[0].label)
+            if first is not None:
+                first.focus()
         status = self.query_one("#status", StatusLine)
         status.project = self.session.project_name
         status.boards = tuple(BoardStatus(b.label, b.url) for b in self.session.boards)
