@@ -472,7 +472,9 @@ class WatchLoop:
             if cycle.change_at is not None:
                 seen = await self.deployer.first_app_line()
                 if seen is not None:
-                    cycle.timings["deploy_to_first_log"] = seen - cycle.deploy_end
+                    # several boards: the first app may print before the last
+                    # deploy ends (0 then, never negative)
+                    cycle.timings["deploy_to_first_log"] = max(0.0, seen - cycle.deploy_end)
                     cycle.timings["save_to_first_log"] = seen - cycle.change_at
 
     async def _worker(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,9 +76,16 @@ class FakeDeployer:
         self.resets = 0
         self.prepared: list[str | None] = []  # link keys (None: an object changed)
         self.releases = 0
+        # a board whose app prints while another board is still written:
+        # (its first line, then the seconds the other deploy goes on)
+        self.line_during_deploy: float | None = None
+        self._first_line: float | None = None
 
     async def deploy(self, layout: ValidatedLayout, *, full: bool, app_only: bool) -> bool:
         self.deploys.append((layout.image_hash, full, app_only))
+        if self.line_during_deploy is not None:
+            self._first_line = time.monotonic()
+            await asyncio.sleep(self.line_during_deploy)
         return True
 
     async def reset(self) -> None:
@@ -90,7 +98,7 @@ class FakeDeployer:
         self.releases += 1
 
     async def first_app_line(self, timeout: float = 5.0) -> float | None:
-        return None
+        return self._first_line
 
     def abort(self) -> None:
         pass

@@ -53,6 +53,26 @@ async def test_change_during_build_gives_one_follow_up_and_no_stale_deploy(
     await run.stop()
 
 
+async def test_no_phase_is_negative_when_one_board_prints_before_another_is_written(
+    tmp_path: Path, firmware: Build
+) -> None:
+    project = make_project(tmp_path / "p", firmware)
+    deployer = FakeDeployer()
+    deployer.line_during_deploy = 0.2  # the first board's app is up 0.2 s before the last
+    run = LoopRun(project, deployer=deployer)
+    await run.start(startup_build=True)
+    await run.expect("cycle_finished")
+    await _wait_watch_ready(run, project)
+    (project / "src" / "main.c").write_text("int main(void) { return 2; }\n")
+    cycle = await run.expect(
+        "cycle_finished", lambda e: "save_to_first_log" in e.data["timings_ms"]
+    )
+    timings = cycle.data["timings_ms"]
+    assert all(v >= 0 for v in timings.values()), timings
+    assert timings["deploy_to_first_log"] == 0  # during the deploy, not after it
+    await run.stop()
+
+
 async def test_restart_policy_cancels_the_running_build(tmp_path: Path, firmware: Build) -> None:
     gate = tmp_path / "gate"
     project = make_project(tmp_path / "p", firmware, gate=gate)
