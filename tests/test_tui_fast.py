@@ -154,6 +154,24 @@ async def test_status_line_and_tab_follow_a_deploy() -> None:
         await app.action_quit()
 
 
+async def test_the_decode_stays_under_its_panic_when_t_redraws_the_pane() -> None:
+    session = FakeSession()
+    app = WatchApp(session)
+    async with app.run_test(size=SIZE) as pilot:
+        log = app.query_one("#log-demo", SerialLog)
+        session.serial("demo", ["I (312) main: blink-c3 version 1.0.0", *PANIC])
+        session.emit(decoded_crash())
+        await until(pilot, lambda: any("crash decoded" in ln for ln in log.lines))
+        before = list(log.lines)
+        assert before.index(PANIC[2]) < before.index("  => crash decoded: Illegal instruction")
+        await pilot.press("t")  # timestamps: the pane is drawn again from the history
+        await until(pilot, lambda: log.lines != before)
+        after = [ln.split(" ", 1)[1].strip() for ln in log.lines]  # without the timestamps
+        assert after == [ln.strip() for ln in before]
+        assert "" in after  # the panic's blank line is a line (Log drops "")
+        await app.action_quit()
+
+
 async def test_timeout_quits_like_q_and_the_log_pane_has_the_keys_at_start() -> None:
     app = WatchApp(FakeSession(), timeout=0.3)
     async with app.run_test(size=SIZE) as pilot:

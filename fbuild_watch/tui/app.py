@@ -246,6 +246,14 @@ class WatchApp(App[int]):
                 self.lines_shown += len(lines)
                 log.follow()
 
+    def _board_lines(self, board: str, lines: list[str]) -> None:
+        """Our lines in a board's log (a decoded crash): after the board's own
+        lines that came before them (the panic waits for the next frame), and
+        in the history, so `t` and filters redraw them in place."""
+        self._flush_serial()
+        self._pending.append((board, time.time(), lines))
+        self._flush_serial()
+
     def _decorate(self, t: float, line: str) -> str:
         if self._timestamps:
             return format_timestamp(t, self._stamp_format) + " " + line
@@ -317,20 +325,12 @@ class WatchApp(App[int]):
                     if k not in ("linked", "compiled")
                 )
             case CoreDumpDecoded(board=board, coredump=dump):
-                self._flush_serial()
-                log = self._log_widget(board)
-                if log is not None:
-                    log.write_lines([f"  => {line}" for line in dump.decoded()])
+                self._board_lines(board, [f"  => {line}" for line in dump.decoded()])
             case CrashDecoded(board=board, crash=crash):
-                # the panic's own lines first (they wait for the next frame), so
-                # the decode reads under the panic, not above it
-                self._flush_serial()
-                log = self._log_widget(board)
-                if log is not None:
-                    lines = [f"  => {f}" for f in crash.decoded()] or [
-                        "  => (no code addresses decoded)"
-                    ]
-                    log.write_lines([f"  => crash decoded: {crash.reason}", *lines])
+                lines = [f"  => {f}" for f in crash.decoded()] or [
+                    "  => (no code addresses decoded)"
+                ]
+                self._board_lines(board, [f"  => crash decoded: {crash.reason}", *lines])
             case PortChanged(board=board, state=state):
                 status.set_board(board, port=state)
                 shown = status.board(board)

@@ -38,6 +38,11 @@ class SerialLog(Log):
     down to the last line, resumes it. No line is dropped either way.
     """
 
+    def write_lines(self, lines: Iterable[str], scroll_end: bool | None = None) -> Self:
+        # Log drops "" ("".splitlines() is []): a blank line the board printed
+        # (ESP-IDF's panic output has them) must stay one
+        return super().write_lines([ln or " " for ln in lines], scroll_end)
+
     def follow(self) -> None:
         """Keep the end in view while following. (`Log` itself scrolls only if
         the view was at the end before a write; a write that lands before the
