@@ -118,6 +118,22 @@ async def test_letters_typed_into_the_filter_box_are_not_commands() -> None:
         await app.action_quit()
 
 
+async def test_a_regex_and_a_q_can_be_typed_into_the_filter_box() -> None:
+    session = FakeSession()
+    app = WatchApp(session)
+    async with app.run_test(size=SIZE) as pilot:
+        session.serial("demo", ["I (10) main: counter 1", "W (11) wifi: q", "E (12) mesh: lost"])
+        log = app.query_one("#log-demo", SerialLog)
+        await until(pilot, lambda: len(log.lines) == 3)
+        await pilot.press("slash", "slash", *"wifi|mesh", "slash", "enter")
+        await until(pilot, lambda: len(log.lines) == 2)
+        assert log.lines == ["W (11) wifi: q", "E (12) mesh: lost"]
+        await pilot.press("slash", "ctrl+a", "ctrl+k", *'"q"', "enter")  # `q` is text here
+        await until(pilot, lambda: log.lines == ["W (11) wifi: q"])
+        assert app.return_code is None and session.commands == []
+        await app.action_quit()
+
+
 async def test_status_line_and_tab_follow_a_deploy() -> None:
     session = FakeSession()
     app = WatchApp(session)

@@ -96,7 +96,7 @@ class WatchApp(App[int]):
         Binding("l", "toggle_log_file", "log file", priority=True),
         Binding("slash", "filter", "filter", priority=True),
         Binding("s", "send", "send", priority=True),
-        Binding("q", "quit", "quit", priority=True),
+        Binding("q", "quit_key", "quit", priority=True),
         Binding("ctrl+c", "interrupt", "quit", show=False, priority=True),
         Binding("ctrl+t", "chord", "Ctrl+T chords", show=False, priority=True),
         # esp-idf-monitor's exit key
@@ -398,11 +398,16 @@ class WatchApp(App[int]):
     def action_chord_help(self) -> None:
         self.notify(CHORD_HELP, timeout=8)
 
-    _TYPING_SAFE = frozenset({"quit", "filter", "send"})
+    # what still works while a box has the keys: Ctrl+C, Ctrl+], Ctrl+T chords
+    _TYPING_SAFE = frozenset({"quit", "interrupt", "chord"})
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # letters typed into the filter box are text, not commands
+        # what is typed into the filter or send box is text ('q', '/', 'r'), not commands
         return not (isinstance(self.focused, Input) and action not in self._TYPING_SAFE)
+
+    async def action_quit_key(self) -> None:
+        """`q`: quit, unless it is typed into a box."""
+        await self.action_quit()
 
     async def on_key(self, event: events.Key) -> None:
         if event.key == "escape" and isinstance(self.focused, Input):
