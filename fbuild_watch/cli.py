@@ -15,6 +15,7 @@ import contextlib
 import faulthandler
 import json
 import math
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -130,8 +131,8 @@ def _deploy(args: argparse.Namespace) -> int:
     from fbuild_watch.boardports import hold_ports
     from fbuild_watch.build import detect_backend
     from fbuild_watch.deploy import FlashCache
-    from fbuild_watch.deploy.ports import board_ports, flashing_baud
-    from fbuild_watch.image.settings import FlashSettings, resolve_flash
+    from fbuild_watch.deploy.ports import board_ports
+    from fbuild_watch.image.settings import FlashSettings, environ_flash, resolve_flash
     from fbuild_watch.plugins import load_port_schemes
     from fbuild_watch.project_lock import refuse_if_watched
 
@@ -141,7 +142,7 @@ def _deploy(args: argparse.Namespace) -> int:
     cfg = backend.config
     # usage errors (ports, baud) before anything is read from the build
     infos = board_ports(args.port, cfg.port if cfg else ())
-    flashing_baud(args.baud, None)  # a bad ESPBAUD is a usage error before anything is read
+    environ_flash(os.environ)  # a bad ESPBAUD is an error before anything is read
     layout = _built_layout(backend).validate()  # never flash what was not validated
     # the project's own flashing settings (before/after/stub/baud/encrypted),
     # under the command line and fbuild.toml (README, "Projects")

@@ -30,10 +30,8 @@ from fbuild_watch.decode import Crash, CrashDetector
 from fbuild_watch.deploy.engine import BoardDeployer
 from fbuild_watch.deploy.outcome import DeployKind, DeployOutcome
 from fbuild_watch.deploy.ports import (
-    DEFAULT_BAUD,
     PortInfo,
     board_ports,
-    flashing_baud,
 )
 from fbuild_watch.deploy.progress import WriteProgress
 from fbuild_watch.deploy.trust import FlashCache, SessionTrust
@@ -62,10 +60,12 @@ from fbuild_watch.failures import DebugLog, Supervisor
 from fbuild_watch.image.layout import BOOTLOADER, ValidatedLayout
 from fbuild_watch.image.linkkey import link_key
 from fbuild_watch.image.settings import (
+    DEFAULT_FLASH_BAUD,
     FlashSettings,
     MonitorSettings,
     ResolvedFlash,
     ResolvedMonitor,
+    environ_flash,
     resolve_flash,
     resolve_monitor,
 )
@@ -145,7 +145,7 @@ class BoardSession:
         cache = FlashCache() if session.opts.trust else None
         self.deployer = BoardDeployer(
             self.conn,
-            baud=session.opts.baud or DEFAULT_BAUD,  # until a build's settings say
+            baud=session.opts.baud or DEFAULT_FLASH_BAUD,  # until a build's settings say
             trust=SessionTrust(enabled=session.opts.trust),
             cache=cache,
             on_progress=self._on_progress,
@@ -527,7 +527,7 @@ class WatchSession:
         infos = board_ports(self.opts.ports, cfg.port if cfg else ())
         if self.opts.elf is not None and not self.opts.elf.is_file():
             raise ConfigError("--elf: no such file", source=self.opts.elf)
-        flashing_baud(self.opts.baud, None)  # a bad ESPBAUD: a usage error at start
+        environ_flash(os.environ)  # a bad ESPBAUD: an error at start
         self.monitor = self._resolve_monitor(backend)
         labels = _labels([i.url for i in infos])
         infos = self._hold_places(infos)

@@ -67,7 +67,7 @@ def test_config_errors_exit_2_naming_the_file(project: Path, toml: str, problem:
         (
             ["deploy", "--port", "sim://e?flash=", str(EXAMPLE)],
             {"ESPBAUD": "fast"},
-            "ESPBAUD must be a positive integer, got 'fast'",
+            "ESPBAUD: expected a positive integer, got 'fast'",
         ),
         (["lnk", "ls", "/no/such/dir"], {}, "/no/such/dir is not a directory"),
     ],

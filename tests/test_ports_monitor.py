@@ -44,20 +44,6 @@ def test_port_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
         ports.resolve_ports(None)
 
 
-def test_flashing_baud_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fbuild_watch.errors import UsageError
-
-    monkeypatch.delenv("ESPBAUD", raising=False)
-    assert ports.flashing_baud(None, None) == 460800
-    monkeypatch.setenv("ESPBAUD", "921600")
-    assert ports.flashing_baud(None, None) == 921600
-    assert ports.flashing_baud(None, 230400) == 230400  # fbuild.toml beats the environment
-    assert ports.flashing_baud(115200, 230400) == 115200  # the command line beats both
-    monkeypatch.setenv("ESPBAUD", "fast")
-    with pytest.raises(UsageError, match="ESPBAUD must be a positive integer"):
-        ports.flashing_baud(None, None)
-
-
 def test_monitor_until_and_timeout(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # an erased virtual board: the ROM's invalid-header loop is the log
     cmd = [

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from serial.tools import list_ports
 
-from fbuild_watch.errors import RuntimeFailure, UsageError
+from fbuild_watch.errors import RuntimeFailure
 
 # USB VID:PID of Espressif's USB-Serial/JTAG and the usual devkit bridges.
 KNOWN_BRIDGES: dict[tuple[int, int], str] = {
@@ -122,23 +122,6 @@ def likely_esp_ports() -> list[PortInfo]:
             out.append(PortInfo(p.device, KNOWN_BRIDGES[(p.vid, p.pid)], p.vid, p.pid,
                                 p.serial_number, p.location))  # fmt: skip
     return out
-
-
-DEFAULT_BAUD = 460800
-
-
-def flashing_baud(requested: int | None, configured: int | None) -> int:
-    """--baud, else [board] baud from fbuild.toml, else ESPBAUD, else 460800."""
-    if requested:
-        return requested
-    if configured:
-        return configured
-    env = os.environ.get("ESPBAUD", "").strip()
-    if env:
-        if not env.isdigit() or int(env) <= 0:
-            raise UsageError(f"ESPBAUD must be a positive integer, got {env!r}")
-        return int(env)
-    return DEFAULT_BAUD
 
 
 def board_ports(requested: list[str] | None, configured: Sequence[str] = ()) -> list[PortInfo]:
