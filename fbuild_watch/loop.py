@@ -451,6 +451,8 @@ class WatchLoop:
         makes them readable builds) and said once each."""
         for rel, why in self.ws.take_unreadable():
             self.emit(Warned(message=f"{rel}: cannot read ({why}); still watched"))
+        for line in self.ws.ignore.take_warnings():  # an ignore file it could not read
+            self.emit(Warned(message=line))
 
     async def _deploy(
         self, layout: ValidatedLayout, cycle: Cycle | None, *, full: bool, app_only: bool

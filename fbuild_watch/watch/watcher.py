@@ -119,7 +119,10 @@ class Watcher:
         if COOKIE_PREFIX in path:  # called on the watcher thread
             self._loop_call(self._cookie_seen.set)
             return False
-        keep = not self.ws.ignore.ignored_abs(path)
+        # an ignore file's edit changes what is watched even when the file
+        # itself is ignored (a `.gitignore` listing itself, .git/info/exclude)
+        ign = self.ws.ignore
+        keep = not ign.ignored_abs(path) or ign.is_rules_file_abs(path)
         if _TRACE:
             print(
                 f"watch {time.monotonic():.4f} {change.name} {path} keep={keep}",
@@ -135,7 +138,7 @@ class Watcher:
         files: list[str] = []
         dirs: list[str] = []
         for change, path in batch:
-            if self.ws.ignore.is_ignore_file(os.path.basename(path)):
+            if self.ws.ignore.is_rules_file_abs(path):
                 self._rescan_needed = True  # the rules themselves changed
             if change == watchfiles.Change.added and os.path.isdir(path):
                 dirs.append(path)  # files created right after it may have no events
@@ -215,10 +218,23 @@ class Watcher:
             if self._stop.is_set():
                 return
             dirty = await asyncio.to_thread(self.ws.stat_diff)
+            if await self._rules_changed(dirty):
+                self._saw_change()
+                self._rescan_needed = True
+                self._kick.set()
             if dirty:
                 self._saw_change()
                 self.ws.mark(dirty)
                 self._kick.set()
+
+    async def _rules_changed(self, dirty: list[str]) -> bool:
+        """Without events: did what is ignored change? (a new or edited
+        ignore file among the changed files, or one read before that changed
+        on disk, wherever it is: info/exclude, core.excludesFile)"""
+        ign = self.ws.ignore
+        if any(ign.is_rules_file_abs(p) for p in dirty):
+            return True
+        return await asyncio.to_thread(ign.reload_changed)
 
     def _saw_change(self) -> None:
         """Stamp the first sign of the pending change (events, a poll or a
@@ -385,6 +401,11 @@ class Watcher:
         dirty = await asyncio.to_thread(self.ws.stat_diff)
         cost = time.monotonic() - t0
         self._next_sweep = time.monotonic() + max(self.opts.cookie_every_s, 100 * cost)
+        if await self._rules_changed(dirty):
+            self.on_note("the ignore rules changed; rescanning")
+            self._saw_change()
+            self._rescan_needed = True
+            self._kick.set()
         if dirty:
             self.stats.healed += len(dirty)
             self.on_note(f"a periodic check found {len(dirty)} change(s) the file events missed")
