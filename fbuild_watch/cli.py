@@ -111,7 +111,7 @@ def _build(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
     else:
         for d in result.diagnostics:
-            if d.severity in ("error", "warning"):
+            if d.severity in ("error", "warning") and not d.summary:
                 print(d.format())
         if result.ok and result.layout is not None:
             lay = result.layout.layout

@@ -170,3 +170,13 @@ def test_human_lines_from_typed_events() -> None:
     assert human(Failed(message="boom", part="x")) == "error: boom"
     crash = human(a_crash())
     assert crash is not None and crash.startswith("[demo] crash: Illegal instruction")
+
+
+def test_a_failed_build_with_no_error_found_shows_its_last_lines() -> None:
+    result = BuildResult(
+        ok=False, duration_s=1.0, exit_code=2, output=[f"l{i}" for i in range(30)],
+        diagnostics=[], error="x",
+    )  # fmt: skip
+    text = human(BuildFinished(result=result, generation=1, stale=False))
+    assert text is not None and text.splitlines()[-1] == "  l29"
+    assert "  l9" not in text.splitlines() and "  l10" in text.splitlines()  # the last 20

@@ -10,6 +10,7 @@ PlatformIO, ESP-IDF, Arduino CLI; `detect_backend` records why it chose
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field, replace
@@ -99,6 +100,10 @@ class Backend:
 
     def describe(self) -> str:
         return f"{self.kind} project at {self.project_dir}"
+
+    def missing_tool_hint(self) -> str:
+        """The next step when the build's program is not found."""
+        return f"check [build] command in {self.project_dir / CONFIG_NAME}"
 
     def build_log_path(self) -> Path:
         """The last build's whole output (`.fbuild/` is never watched, and is
@@ -272,6 +277,10 @@ class EspIdfBackend(Backend):
     def output_dirs(self) -> list[Path]:
         return [self._build()]
 
+    def missing_tool_hint(self) -> str:
+        idf = os.environ.get("IDF_PATH") or "$IDF_PATH"
+        return f"run `. {idf}/export.sh` in this shell first, or put idf.py on PATH"
+
     def load_layout(self) -> FlashLayout:
         layout = load_flasher_args(self._build() / "flasher_args.json", chip=self.chip)
         return self._with_settings(_with_elf(layout, self.elf_path()))
@@ -386,6 +395,9 @@ class PlatformIOBackend(Backend):
 
     def command(self) -> list[str]:
         return ["pio", "run", "-d", str(self.project_dir), "-e", self._env()]
+
+    def missing_tool_hint(self) -> str:
+        return "install PlatformIO Core with `pip install platformio`, or put pio on PATH"
 
     def prepare(self) -> list[str] | None:
         if not self._idedata().exists():
@@ -519,6 +531,12 @@ class ArduinoBackend(Backend):
 
     def output_dirs(self) -> list[Path]:
         return [self.project_dir / "build"]
+
+    def missing_tool_hint(self) -> str:
+        return (
+            "install arduino-cli (https://arduino.github.io/arduino-cli/latest/installation/)"
+            " and put it on PATH"
+        )
 
     def load_layout(self) -> FlashLayout:
         where = self._layout_dir()

@@ -25,7 +25,6 @@ BURST_LINES = 500
 RATE_LINES_S = 200.0
 RESUME_LINES = 100
 TAIL_LINES = 200  # lines not shown when a command ends: the last ones are (errors come last)
-_DIAG_WORDS = (b"error", b"warning", b"note")
 
 
 class BuildOutput:
@@ -105,6 +104,14 @@ class BuildOutput:
         self.end_command()
         self._own(line)
 
+    def record(self, line: str) -> None:
+        """A line of fbuild's own for the log file and the kept tail only
+        (the build's result says it to the view)."""
+        data = line.encode("utf-8", "replace")
+        self._write(data + b"\n")
+        self.lines += 1
+        self._tail.append(data)
+
     def _own(self, line: str) -> None:
         data = line.encode("utf-8", "replace")
         self._write(data + b"\n")
@@ -142,7 +149,7 @@ class BuildOutput:
         self.lines += len(lines)
         self._tail.extend(lines)
         for ln in lines:
-            if any(w in ln for w in _DIAG_WORDS):
+            if self.diagnostics.wants(ln):
                 self.diagnostics.feed(_text(ln))
         if self.on_line is None:
             return

@@ -24,11 +24,13 @@ from fbuild_watch.build.diagnostics import Diagnostic
 from fbuild_watch.build.output import BuildOutput
 from fbuild_watch.errors import FbuildError, RuntimeFailure
 from fbuild_watch.image.layout import ValidatedLayout
+from fbuild_watch.termsafe import terminal_safe_lines
 
 KILL_GRACE_S = 2.0  # SIGTERM -> SIGKILL (make gets to delete its half-written targets)
 EOF_GRACE_S = 0.5  # main process gone -> its leftovers' hold on stdout ends
 _POLL_S = 0.05  # how often a blocked read looks at exits, cancels and the deadline
 _CHUNK = 1 << 16
+DETAIL_TAIL_LINES = 20  # of a failed build's output, shown when no error was found in it
 
 
 @dataclass
@@ -48,6 +50,27 @@ class BuildResult:
     # the failure is the project's configuration (a malformed `.lnk` or
     # fbuild.toml, no flash layout): `fbuild build` exits 2, not 1
     config_error: bool = False
+
+    def details(self, *, tail: bool = True) -> list[str]:
+        """What a person reads under the build's head line: its diagnostics
+        and, when it failed and no error was found in its output, the last
+        DETAIL_TAIL_LINES lines of that output (where the failure is; not
+        with `tail=False`, for a view that shows the output anyway)."""
+        lines = [d.format() for d in self.diagnostics if not d.summary]
+        ran = self.exit_code not in (0, None) or self.timed_out
+        if not tail or self.ok or self.cancelled or not ran:
+            return lines
+        if any(d.severity == "error" and not d.summary for d in self.diagnostics):
+            return lines
+        last = list(self.output)
+        while last and not last[-1].strip():
+            last.pop()
+        if not last:
+            return [*lines, "build: it printed nothing"]
+        last = last[-DETAIL_TAIL_LINES:]
+        where = f" (all of it in {self.log})" if self.log is not None else ""
+        head = f"build: no error found in the output; its last {len(last)} lines{where}:"
+        return [*lines, head, *("  " + ln for ln in terminal_safe_lines(last, keep_sgr=False))]
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -95,6 +118,7 @@ class BuildRun:
         self._cancelled = threading.Event()
         self._timed_out = False
         self._lock = threading.Lock()
+        self._not_run: dict[str, str] = {}  # program -> why it could not be started
 
     def cancel(self) -> None:
         """Non-blocking: SIGTERM to the group now; the thread running the
@@ -121,11 +145,10 @@ class BuildRun:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: cancel kills make's children too
             )
-        except FileNotFoundError:
-            out.say(f"fbuild: build command not found: {cmd[0]}")
-            return None
-        except OSError as exc:  # not executable, a directory, ...
-            out.say(f"fbuild: cannot run the build command {cmd[0]}: {exc.strerror or exc}")
+        except OSError as exc:  # not found, not executable, a directory, ...
+            # said once, in the result's error; the log file keeps it too
+            self._not_run[cmd[0]] = why = self._cannot_run(cmd[0], exc)
+            out.record(f"fbuild: {why}")
             return None
         with self._lock:
             self._proc = proc
@@ -136,6 +159,17 @@ class BuildRun:
                 self._proc = None
             out.end_command()
         return proc.returncode
+
+    def _cannot_run(self, program: str, exc: OSError) -> str:
+        """One line: why `program` did not start, and the next step."""
+        if not isinstance(exc, FileNotFoundError):
+            return f"cannot run {program}: {exc.strerror or exc}"
+        if os.sep in program or (os.altsep and os.altsep in program):
+            path = self.backend.project_dir / program
+            if path.exists():  # the file is there: its #! interpreter is not
+                return f"cannot run {program}: the interpreter on its #! line was not found"
+            return f"{program} not found; {self.backend.missing_tool_hint()}"
+        return f"{program} not found on PATH; {self.backend.missing_tool_hint()}"
 
     def _read(
         self, proc: subprocess.Popen[bytes], out: BuildOutput, deadline: float | None
@@ -239,7 +273,8 @@ class BuildRun:
                     self._run_command(prep, out, deadline)
                 if not self._timed_out and not self._cancelled.is_set():
                     cmd = backend.command()
-                    code = self._run_command(cmd, out, deadline)
+                    if cmd[0] not in self._not_run:  # not twice (pio's prepare is pio)
+                        code = self._run_command(cmd, out, deadline)
             finally:
                 out.close()
         except FbuildError as exc:
@@ -254,8 +289,11 @@ class BuildRun:
             return self._result(False, t0, code, out, error=f"build timed out after {timeout:g} s",
                                 command=cmd)  # fmt: skip
         if code != 0:
-            what = "not found" if code is None else f"exited with status {code}"
-            return self._result(False, t0, code, out, error=f"build failed: {cmd[0]} {what}",
+            if code is None:
+                what = self._not_run.get(cmd[0], f"{cmd[0]} did not start")
+            else:
+                what = f"{cmd[0]} exited with status {code}"
+            return self._result(False, t0, code, out, error=f"build failed: {what}",
                                 command=cmd)  # fmt: skip
         try:
             validated = backend.load_layout().validate()

@@ -301,7 +301,7 @@ class WatchApp(App[int]):
                 else:
                     build.add_class("visible")
                     build.write_line("")
-                    text = human(ev)
+                    text = human(ev, output_tail=False)
                     if text:
                         build.write_lines(text.splitlines())
             case DeployStarted(board=board):

@@ -122,9 +122,11 @@ def _isatty(out: TextIO) -> bool:
         return False
 
 
-def human(ev: Event) -> str | None:
+def human(ev: Event, *, output_tail: bool = True) -> str | None:
     """The line a person reads for an event (`--plain`, the TUI's build
-    pane); None for events only `--json` shows."""
+    pane); None for events only `--json` shows. `output_tail`: a failed
+    build with no error found shows its last lines (not in the TUI's build
+    pane, which has the output already)."""
     match ev:
         case BuildStarted(changed=changed, count=count, reason=reason):
             what = ", ".join(changed[:3]) + (" ..." if count > 3 else "")
@@ -136,7 +138,7 @@ def human(ev: Event) -> str | None:
             head = f"build: ok in {took}" if r.ok else f"build: FAILED in {took}: {r.error}"
             if stale:
                 head += " (stale: sources changed meanwhile, not deployed)"
-            return "\n".join([head, *(d.format() for d in r.diagnostics)])
+            return "\n".join([head, *r.details(tail=output_tail)])
         case BuildSkipped(reason=reason):
             return f"build: skipped ({reason})"
         case DeployStarted(board=board, full=full):
