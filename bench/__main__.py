@@ -23,6 +23,7 @@ BENCHMARKS = {
     "soak": "Soak: edits and faults, invariants checked after every step",
     "sim_soak": "Soak: one-shot processes on sim://",
     "boards": "Boards at scale",
+    "decode": "Crash decoding: index, per-crash and per-address decode vs addr2line, crash flood",
     "conformance": "Virtual board conformance",
 }
 

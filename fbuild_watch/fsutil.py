@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from platformdirs import user_cache_dir
+
 
 def atomic_write(path: Path, data: bytes, *, fsync: bool = False) -> None:
     """Write to a temp file beside `path`, then rename over it: an
@@ -22,3 +24,11 @@ def atomic_write(path: Path, data: bytes, *, fsync: bool = False) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def user_cache_root() -> Path:
+    """`$FBUILD_CACHE_DIR`, else the user cache dir (honours XDG_CACHE_HOME):
+    the optional caches not tied to a project (verified layouts, `.lnk`
+    blobs, symbol indexes for `fbuild monitor --elf`)."""
+    env = os.environ.get("FBUILD_CACHE_DIR")
+    return Path(env) if env else Path(user_cache_dir("fbuild-watch", appauthor=False))

@@ -57,6 +57,7 @@ from fbuild_watch.events import (
     Warned,
 )
 from fbuild_watch.failures import DebugLog, Supervisor
+from fbuild_watch.fsutil import user_cache_root
 from fbuild_watch.image.layout import BOOTLOADER, ValidatedLayout
 from fbuild_watch.image.linkkey import link_key
 from fbuild_watch.image.settings import (
@@ -489,8 +490,13 @@ class WatchSession:
                 self.emit(Warned(message=f"{elf}: ELF not found; crashes will not be decoded"))
             elf = None
         # indexed now, in the background, cached under the project's .fbuild/
+        # (`fbuild monitor --elf`, no project: the user cache dir; the index is
+        # keyed by the ELF's SHA-256, so a cache shared by projects is sound)
         project = self.backend.project_dir if self.backend is not None else self.opts.project
-        cache = project / ".fbuild" / "symbols" if layout is not None else None
+        if layout is not None:
+            cache: Path | None = project / ".fbuild" / "symbols"
+        else:
+            cache = user_cache_root() / "symbols" if self.opts.elf is not None else None
         boot = _bootloader_elf(layout)
         scripts = _rom_scripts(layout)
         for b in self.boards:

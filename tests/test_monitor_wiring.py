@@ -6,6 +6,7 @@ esp-idf-monitor's host tests serve theirs."""
 from __future__ import annotations
 
 import lzma
+import os
 import queue
 import socket
 import subprocess
@@ -59,6 +60,7 @@ def test_core_dump_is_one_event_and_addresses_are_decoded_under_their_line(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "FBUILD_CACHE_DIR": str(tmp_path / "cache")},
     )
     ev = JsonLines(proc)
     try:
@@ -79,6 +81,9 @@ def test_core_dump_is_one_event_and_addresses_are_decoded_under_their_line(
         line = ev.expect(lambda e: e["type"] == "serial_line" and "handler at" in e["text"])
         (note,) = line["addresses"]
         assert note["address"] == 0x400E37F4 and note["function"]
+        # no project: the index is kept in the user cache dir (by the ELF's
+        # SHA-256), so the next `fbuild monitor --elf` decodes at once
+        assert any((tmp_path / "cache" / "symbols").iterdir())
     finally:
         ev.kill()
 

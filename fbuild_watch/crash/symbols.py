@@ -31,7 +31,7 @@ from fbuild_watch.crash.names import demangle, display_name
 from fbuild_watch.crash.unwind import Unwinder, cfi_table
 from fbuild_watch.fsutil import atomic_write
 
-INDEX_VERSION = 7
+INDEX_VERSION = 8
 KEEP_CACHED = 4  # indexes kept in the cache dir (the current ELF's and older ones)
 # DIEs that can hold code-bearing functions; every other subtree (types,
 # variables, parameters) is skipped by its sibling pointer, unparsed.
@@ -113,14 +113,43 @@ class SymbolIndex:
             return cls(builder.finish())
 
     # -- cache ---------------------------------------------------------------------
+    # One JSON line of scalars and layout, then each list (and dict, as pairs)
+    # in pieces of <= MAX_PIECE_BYTES, one per line: json.loads holds the GIL
+    # for a whole call, and the watch process loads an index while its serial
+    # readers run (one 5 MB parse, a 20 MB ELF's, would stall them ~65 ms).
     def to_bytes(self) -> bytes:
-        return zlib.compress(json.dumps(self.doc, separators=(",", ":")).encode(), 1)
+        head: dict[str, Any] = {}
+        layout: list[list[Any]] = []
+        pieces: list[bytes] = []
+        for key, value in self.doc.items():
+            if isinstance(value, list | dict):
+                items = list(value.items()) if isinstance(value, dict) else value
+                mine = _pieces(items)
+                layout.append([key, len(mine), "dict" if isinstance(value, dict) else "list"])
+                pieces += mine
+            else:
+                head[key] = value
+        head["pieces"] = layout
+        return zlib.compress(b"\n".join([_dumps(head), *pieces]), 1)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SymbolIndex:
-        doc = json.loads(zlib.decompress(data))
+        lines = zlib.decompress(data).split(b"\n")
+        doc = json.loads(lines[0])
         if not isinstance(doc, dict) or doc.get("version") != INDEX_VERSION:
             raise ValueError("index version mismatch")
+        pos = 1
+        for key, count, kind in doc.pop("pieces"):
+            items: list[Any] = []
+            for line in lines[pos : pos + count]:
+                part = json.loads(line)
+                if not isinstance(part, list):
+                    raise ValueError("index piece is not a list")
+                items += part
+            pos += count
+            doc[key] = {str(k): v for k, v in items} if kind == "dict" else items
+        if pos != len(lines):  # cut short or padded: never a partial line table
+            raise ValueError("index pieces do not match its layout")
         return cls(doc)
 
     # -- lookups -------------------------------------------------------------------
@@ -388,6 +417,35 @@ class _Builder:
             "short": {str(k): v for k, v in self.short.items()},
             "cfi": self.cfi,
         }
+
+
+MAX_PIECE_BYTES = 16 << 10  # one json.loads of this takes ~0.2 ms
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _pieces(items: list[Any]) -> list[bytes]:
+    """`items` as JSON arrays of at most MAX_PIECE_BYTES each (an item larger
+    than that is a piece of its own)."""
+    out: list[bytes] = []
+
+    def add(part: list[Any]) -> None:
+        text = _dumps(part)
+        if len(text) <= MAX_PIECE_BYTES or len(part) == 1:
+            out.append(text)
+            return
+        add(part[: len(part) // 2])
+        add(part[len(part) // 2 :])
+
+    if not items:
+        return out
+    # slices sized from the average item, aiming under the limit; halved where not
+    step = max(1, len(items) * MAX_PIECE_BYTES * 3 // (4 * len(_dumps(items))))
+    for i in range(0, len(items), step):
+        add(items[i : i + step])
+    return out
 
 
 def _str(attr: Any) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import stat
 import threading
 import time
@@ -25,9 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from platformdirs import user_cache_dir
-
-from fbuild_watch.fsutil import atomic_write
+from fbuild_watch.fsutil import atomic_write, user_cache_root
 
 REENUMERATE_WINDOW_S = 5.0
 
@@ -92,10 +89,7 @@ class FlashCache:
     makes it "not cached" (one warning per episode), never a failed deploy."""
 
     def __init__(self, root: Path | None = None) -> None:
-        base = os.environ.get("FBUILD_CACHE_DIR")
-        self.root = (
-            root or (Path(base) if base else Path(user_cache_dir("fbuild-watch"))) / "flashed"
-        )
+        self.root = root or user_cache_root() / "flashed"
         self._warned = False  # one warning until a save works again
         self._lock = threading.Lock()  # boards deploy on parallel threads
 

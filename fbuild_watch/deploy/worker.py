@@ -17,11 +17,18 @@ import logging
 import queue
 import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
+
+try:  # FIONREAD on a raw TCP port's socket (not on Windows)
+    import fcntl
+    import termios
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 import serial
 from esptool.loader import DEFAULT_SERIAL_WRITE_TIMEOUT, DEFAULT_TIMEOUT, ESP_ROM_BAUD
@@ -236,7 +243,7 @@ class BoardWorker:
             # (read(4096) would wait out the timeout on a quiet line.)
             data = port.read(1)
             if data:
-                waiting = port.in_waiting
+                waiting = _waiting(port)
                 if waiting:
                     data += port.read(waiting)
         except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
@@ -485,3 +492,16 @@ class LentPort:
                 log.debug("restoring %s settings failed: %s", self.worker.url, exc)
         self.worker._lent = False
         threading.current_thread().name = f"reader-{self.worker.url}"
+
+
+def _waiting(port: Any) -> int:
+    """Bytes ready to read. pyserial's raw `socket://` says 0 or 1 (it only
+    asks select), which made the reader take 2 bytes a read and fall seconds
+    behind a 2 Mbaud flood: ask the socket itself (FIONREAD)."""
+    if type(port).__module__ == "serial.urlhandler.protocol_socket" and fcntl is not None:
+        sock = getattr(port, "_socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                got = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+                return int.from_bytes(got, sys.byteorder)
+    return int(port.in_waiting)

@@ -23,18 +23,16 @@ from pathlib import Path
 from types import TracebackType
 
 from filelock import FileLock
-from platformdirs import user_cache_dir
 
 from fbuild_watch.errors import RuntimeFailure
+from fbuild_watch.fsutil import user_cache_root
 
 CHUNK = 1 << 20
 
 
 def default_cache_dir() -> Path:
     """`$FBUILD_CACHE_DIR/lnk`, else the user cache dir (honours XDG_CACHE_HOME)."""
-    env = os.environ.get("FBUILD_CACHE_DIR")
-    base = Path(env) if env else Path(user_cache_dir("fbuild-watch", appauthor=False))
-    return base / "lnk"
+    return user_cache_root() / "lnk"
 
 
 def hash_file(path: Path) -> str:
