@@ -40,7 +40,7 @@ test: lint typecheck pytest test-labgrid
 # tests run here, with a few of ours that deploy over RFC 2217 on the fork.
 LG_VENV := .venv-labgrid
 LG_STAMP := $(LG_VENV)/.installed
-LABGRID_TESTS := tests/test_labgrid.py \
+LABGRID_TESTS := tests/test_labgrid.py tests/test_remote_watch.py \
 	tests/test_sim_serve.py::test_rfc2217_carries_resets_and_the_baud \
 	tests/test_port_lending.py::test_second_client_of_an_rfc2217_server_is_port_busy
 

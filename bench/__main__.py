@@ -24,6 +24,7 @@ BENCHMARKS = {
     "sim_soak": "Soak: one-shot processes on sim://",
     "boards": "Boards at scale",
     "decode": "Crash decoding: index, per-crash and per-address decode vs addr2line, crash flood",
+    "remote": "Remote boards: save to first log line over RFC 2217 with added round trip",
     "conformance": "Virtual board conformance",
 }
 

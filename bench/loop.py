@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,19 +101,39 @@ async def _ours(project: Path, board: VirtualBoard, cache: Path) -> list[dict[st
 
 
 def _peer(project: Path, board: VirtualBoard) -> list[float]:
-    url = f"sim://{board.name}"
+    return [cycle["total_s"] for cycle in peer(project, f"sim://{board.name}", EDITS)]
+
+
+def open_monitor(url: str) -> serial.SerialBase:
+    """The monitor opening the port (pyserial's defaults)."""
+    return serial.serial_for_url(url, baudrate=115200, timeout=0.05)
+
+
+def peer(
+    project: Path,
+    url: str,
+    edits: int,
+    *,
+    tag: str = "3.0",
+    monitor: Callable[[str], serial.SerialBase] = open_monitor,
+    line_timeout: float = 60.0,
+) -> list[dict[str, float]]:
+    """The peer's loop on the board at `url` (any pyserial URL): per edit,
+    its total from the write to the new version's line, and its parts (make,
+    esptool from the port's open to the hard reset, monitor open to line)."""
     version = project / "src" / "version.h"
     flashed = load_flasher_args(project / "build" / "flasher_args.json").validate()
     samples = []
-    for i in range(EDITS):
+    for i in range(edits):
         t0 = time.monotonic()
-        version.write_text(f'#define APP_VERSION "3.0.{i}"\n')
+        version.write_text(f'#define APP_VERSION "{tag}.{i}"\n')
         subprocess.run(
             ["make", "-s", f"PYTHON={sys.executable}"],
             cwd=project,
             check=True,
             stdout=subprocess.DEVNULL,
         )
+        t_made = time.monotonic()
         new = load_flasher_args(project / "build" / "flasher_args.json").validate()
         port = serial.serial_for_url(url, baudrate=115200, timeout=0.05)
         with captured(lambda _m: None):
@@ -130,14 +151,22 @@ def _peer(project: Path, board: VirtualBoard) -> list[float]:
             port.baudrate = 115200
             HardReset(port)()
         port.close()
+        t_flashed = time.monotonic()
         flashed = new
-        mon = serial.serial_for_url(
-            url, baudrate=115200, timeout=0.05
-        )  # the monitor opens the port
+        mon = monitor(url)  # the monitor opens the port
         buf = b""
-        while f"version 3.0.{i}".encode() not in buf:
+        deadline = time.monotonic() + line_timeout
+        while f"version {tag}.{i}".encode() not in buf:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"peer: no 'version {tag}.{i}' from {url}: {buf[-300:]!r}")
             buf += mon.read(4096)
-        samples.append(time.monotonic() - t0)
+        t_line = time.monotonic()
+        samples.append({
+            "total_s": t_line - t0,
+            "make_s": t_made - t0,
+            "esptool_s": t_flashed - t_made,
+            "monitor_s": t_line - t_flashed,
+        })  # fmt: skip
         mon.close()
     return samples
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -27,71 +25,10 @@ from fbuild_watch.image.settings import FlashSettings, ResolvedFlash, resolve_fl
 from fbuild_watch.sim.board import VirtualBoard
 from fbuild_watch.sim.server import BoardServer
 from tests.fwkit import Build
+from tests.netkit import LatencyRelay
 from tests.simkit import new_board
 
 DATA_AT = 0x200000
-
-
-class LatencyRelay:
-    """TCP relay adding `delay` seconds to every byte in each direction (a
-    fixed-latency line: data keeps its order and the link its throughput)."""
-
-    def __init__(self, upstream: str, delay: float) -> None:
-        host, port = upstream.removeprefix("socket://").rsplit(":", 1)
-        self.upstream = (host, int(port))
-        self.delay = delay
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"socket://127.0.0.1:{self.sock.getsockname()[1]}"
-        self._conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            for s in (client, server):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._conns.append(s)
-            self._pump(client, server)
-            self._pump(server, client)
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        line: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
-
-        def read() -> None:
-            while True:
-                try:
-                    data = src.recv(65536)
-                except OSError:
-                    data = b""
-                line.put((time.monotonic() + self.delay, data))
-                if not data:
-                    return
-
-        def write() -> None:
-            while True:
-                due, data = line.get()
-                time.sleep(max(0.0, due - time.monotonic()))  # the line's latency itself
-                if not data:
-                    with contextlib.suppress(OSError):
-                        dst.shutdown(socket.SHUT_WR)
-                    return
-                try:
-                    dst.sendall(data)
-                except OSError:
-                    return
-
-        threading.Thread(target=read, daemon=True).start()
-        threading.Thread(target=write, daemon=True).start()
-
-    def close(self) -> None:
-        self.sock.close()
-        for s in self._conns:
-            with contextlib.suppress(OSError):
-                s.close()
 
 
 @dataclass

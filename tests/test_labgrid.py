@@ -30,8 +30,10 @@ import pytest
 
 from fbuild_watch.errors import RuntimeFailure, UsageError
 from fbuild_watch.remote import labgrid as lg
+from tests.clikit import JsonLines
 from tests.examplekit import copy_example
 from tests.simkit import esptool_run, sim_process_env
+from tests.test_remote_watch import the_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 HAVE_LABGRID = importlib.util.find_spec("labgrid") is not None
@@ -382,6 +384,25 @@ def test_fbuild_deploy_to_a_place_holds_it_for_the_deploy(
     outcome = doc[0] if isinstance(doc, list) else doc
     assert outcome["ok"] and outcome["port"].startswith("rfc2217://"), outcome
     assert lab.admin.holder(place) is None  # given back
+
+
+@needs_labgrid
+def test_fbuild_watch_holds_the_place_for_the_session(lab: Lab, place: str, tmp_path: Path) -> None:
+    """`fbuild watch --json --port labgrid://PLACE` on the example: the
+    initial deploy and its first line, a second `labgrid-client acquire`
+    refused while we hold the place, a one-line edit -> sector-delta -> the
+    new firmware's first line, and the place released after quit."""
+    project = copy_example(tmp_path / "proj")
+    env = {**lab.env, "LG_USERNAME": "alice", "FBUILD_CACHE_DIR": str(tmp_path / "cache")}
+
+    def held(_ev: JsonLines) -> None:
+        assert lab.admin.holder(place) == "devbox/alice"
+        res = lab.client("-p", place, "acquire", user="bob")
+        assert res.returncode != 0 and "already acquired by devbox/alice" in res.stdout, res.stdout
+
+    dep = the_loop(project, f"labgrid://{place}", env, during=held)
+    assert dep["port"] == f"rfc2217://127.0.0.1:{lab.board_port}?ign_set_control"  # the place's
+    assert lab.admin.holder(place) is None  # given back at quit
 
 
 @needs_labgrid

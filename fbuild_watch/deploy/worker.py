@@ -34,6 +34,7 @@ import serial
 from esptool.loader import DEFAULT_SERIAL_WRITE_TIMEOUT, DEFAULT_TIMEOUT, ESP_ROM_BAUD
 
 from fbuild_watch.deploy.ports import PortInfo, is_network, present, pyserial_url
+from fbuild_watch.deploy.rfc2217 import serial_for_url
 from fbuild_watch.errors import RuntimeFailure
 
 log = logging.getLogger(__name__)
@@ -274,12 +275,11 @@ class BoardWorker:
     # -- opening, losing, reopening ----------------------------------------------
     def _open_port(self) -> None:
         try:
-            port = serial.serial_for_url(
+            port = serial_for_url(  # rfc2217://: our client (deploy/rfc2217.py)
                 pyserial_url(self.url),
                 baudrate=self.baud,
                 timeout=READ_TIMEOUT_S,
                 exclusive=True,
-                do_not_open=True,
             )
             port.open()
         except (serial.SerialException, OSError, ValueError) as exc:
