@@ -47,7 +47,7 @@ from fbuild_watch.crash.names import demangle
 from fbuild_watch.crash.report import PanicCollector, PanicReport
 from fbuild_watch.crash.symbols import SymbolIndex, cache_path, elf_sha256, load_or_build
 from fbuild_watch.decode import Crash, CrashDetector, decode_report
-from tests.decodekit import c3_core_dump, riscv_panic_text
+from tests.decodekit import c3_core_dump, parse_addr2line, riscv_panic_text
 
 ELF_NAME = "esp32c3.elf"
 ELF_SHA256 = "7d946a8e8cd5e4196dca452f6aaea74a9569861d45e7861eb1a11c063d042472"
@@ -365,31 +365,6 @@ def code_addresses(index: SymbolIndex, n: int, seed: int = 17) -> list[int]:
         lo, hi = rng.choices(ranges, weights)[0]
         out.append(lo + 2 * rng.randrange((hi - lo) // 2))
     return out
-
-
-def parse_addr2line(text: str) -> dict[int, list[tuple[str | None, str | None, int | None]]]:
-    """`addr2line -fiaC` output: address -> inline chain (function, file, line)."""
-    res: dict[int, list[tuple[str | None, str | None, int | None]]] = {}
-    lines = text.splitlines()
-    cur, i = 0, 0
-    while i < len(lines):
-        if lines[i].startswith("0x") and " " not in lines[i]:
-            cur = int(lines[i], 16)
-            res[cur] = []
-            i += 1
-            continue
-        name = lines[i].removeprefix(" (inlined by) ")
-        file, _, ln = lines[i + 1].rpartition(":")
-        ln = ln.split(" ")[0]
-        res[cur].append(
-            (
-                None if name == "??" else name,
-                None if file in ("??", "") else file,
-                int(ln) if ln.isdigit() and ln != "0" else None,
-            )
-        )
-        i += 2
-    return res
 
 
 def address_figures(elf: Path, index: SymbolIndex) -> dict[str, Any]:

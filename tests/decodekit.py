@@ -30,10 +30,18 @@ def unpack(name: str, tmp: Path) -> Path:
     return out
 
 
-def addr2line_answers(name: str) -> dict[int, list[tuple[str | None, str | None, int | None]]]:
+Chain = list[tuple[str | None, str | None, int | None]]
+
+
+def addr2line_answers(name: str) -> dict[int, Chain]:
     """Parse stored `addr2line -fiaC` output: address -> inline chain."""
-    lines = lzma.decompress((DATA / name).read_bytes()).decode().splitlines()
-    res: dict[int, list[tuple[str | None, str | None, int | None]]] = {}
+    return parse_addr2line(lzma.decompress((DATA / name).read_bytes()).decode())
+
+
+def parse_addr2line(text: str) -> dict[int, Chain]:
+    """`addr2line -fiaC` output: address -> inline chain (function, file, line)."""
+    lines = text.splitlines()
+    res: dict[int, Chain] = {}
     cur = 0
     i = 0
     while i < len(lines):
