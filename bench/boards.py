@@ -436,10 +436,9 @@ def render(result: dict[str, Any]) -> list[str]:
         f"boot line on the last board. Median of {result['repeats']} runs ((b): edits in one "
         "session). Overlap: the boards' `write_window`s (from `deploy_finished`) share an instant "
         "(max start < min end) in that many of the runs. CPU: seconds used by the deploying process "
-        "and the board servers during the run, per second of wall time (cores busy). Over RFC 2217 "
-        "every port setting (DTR, RTS, baud, timeouts) is a round trip after which pyserial sleeps "
-        "0.1 s (`ign_set_control`), so connect and reset cost more than on a local port (compare "
-        "Deploy and Loop, in-process `sim://`).",
+        "and the board servers during the run, per second of wall time (cores busy). The boards "
+        "are reached over RFC 2217 with our client (fbuild_watch/deploy/rfc2217.py: no fixed "
+        "waits after line or timeout changes; see Remote boards).",
         "",
         "| N | (a) full flash | / N=1 | writes overlapped | cores busy | (b) edit -> line on all | / N=1 "
         "| writes overlapped | cores busy |",
@@ -460,7 +459,8 @@ def render(result: dict[str, Any]) -> list[str]:
         lines += [
             "",
             f"(a) with the code before per-board worker threads (commit {result['before_commit']}, "
-            "one process-wide esptool log lock), same servers:",
+            "one process-wide esptool log lock, and pyserial's RFC 2217 client with its fixed "
+            "waits), same servers:",
             "",
             "| N | before | / N=1 | per-board deploy times (s) | after | per-board deploy times (s) |",
             "|---|---|---|---|---|---|",
