@@ -147,3 +147,55 @@ def test_the_loop_over_rfc2217_through_a_slow_link(
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert mon.returncode == 0, mon.stdout[-2000:] + mon.stderr
+
+
+def _serve(listen: str, flash: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fbuild_watch", "sim", "serve", "--protocol", "rfc2217",
+         "--listen", listen, "--timing", "instant", "--flash", str(flash)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        env=env,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    banner = proc.stdout.readline()
+    m = re.search(r"rfc2217://(127\.0\.0\.1:\d+)", banner)
+    assert m, banner + proc.stdout.read()
+    return proc, m.group(1)
+
+
+def test_the_session_comes_back_when_the_rfc2217_server_restarts(tmp_path: Path) -> None:
+    """The server restarts (a lab machine's service restarted, its flash
+    kept): the port waits, reconnects to the new server and monitors again;
+    trust is gone (someone could have written the board meanwhile), so the
+    next edit verifies before it writes."""
+    project = copy_example(tmp_path / "proj")
+    env = {**os.environ, "FBUILD_CACHE_DIR": str(tmp_path / "cache"),
+           "FBUILD_SIM_DIR": str(tmp_path / "sim")}  # fmt: skip
+    flash = tmp_path / "board.flash"
+    server, address = _serve("127.0.0.1:0", flash, env)
+    ev = watch_json(project, f"rfc2217://{address}", env)
+    try:
+        first = ev.expect(lambda e: e["type"] == "deploy_finished", LOOP_TIMEOUT_S)
+        assert first["ok"], first
+        ev.expect(_line("blink-c3 version 1.0.0"), LOOP_TIMEOUT_S, since=0)
+        server.terminate()  # its flash saved
+        assert server.wait(timeout=10) == 0
+        ev.expect(lambda e: e["type"] == "port_state" and e["state"] == "waiting", 30)
+        since = len(ev.seen)
+        server, _ = _serve(address, flash, env)
+        ev.expect(
+            lambda e: e["type"] == "port_state" and e["state"] == "connected", 60, since=since
+        )
+        ev.expect(_line("blink: counter"), LOOP_TIMEOUT_S, since=since)  # monitored again
+        # what the board holds is not known any more: the next edit verifies
+        since = len(ev.seen)
+        version = project / "src" / "version.h"
+        version.write_text(version.read_text().replace('"1.0.0"', '"1.0.8"'))
+        again = ev.expect(lambda e: e["type"] == "deploy_finished", LOOP_TIMEOUT_S, since=since)
+        assert again["ok"] and again["kind"] == "verify-probe", again
+        ev.expect(_line("blink-c3 version 1.0.8"), LOOP_TIMEOUT_S, since=since)
+        _quit(ev)
+    finally:
+        ev.kill()
+        server.terminate()
+        server.wait(timeout=10)

@@ -39,7 +39,7 @@ from fbuild_watch.deploy.plan import (
     estimate_s,
     sector_runs,
 )
-from fbuild_watch.deploy.ports import usb_serial
+from fbuild_watch.deploy.ports import is_network, usb_serial
 from fbuild_watch.deploy.probe import md5, probe_regions
 from fbuild_watch.deploy.progress import WriteProgress, WriteTracker
 from fbuild_watch.deploy.trust import FlashCache, SessionTrust, TrustedImage
@@ -413,6 +413,7 @@ class BoardDeployer:
             connected=self.conn.check_alive(),
             disconnects=self.conn.disconnects,
             usb_serial=usb_serial(self.conn.info),
+            network=is_network(self.conn.info.url),
         )
 
     def abort(self) -> None:

@@ -63,9 +63,16 @@ class SessionTrust:
         return any(0 <= t - r <= REENUMERATE_WINDOW_S for r in self._own_resets)
 
     def check(
-        self, *, connected: bool, disconnects: list[float], usb_serial: str | None
+        self,
+        *,
+        connected: bool,
+        disconnects: list[float],
+        usb_serial: str | None,
+        network: bool = False,
     ) -> TrustedImage | None:
-        """The trusted image if it still holds, clearing it (with a reason) if not."""
+        """The trusted image if it still holds, clearing it (with a reason) if
+        not. `network`: a link to a server (RFC 2217, raw TCP), which our own
+        reset never drops, so no disconnect of it is ours."""
         t = self.trusted
         if t is None:
             return None
@@ -73,7 +80,7 @@ class SessionTrust:
             self.clear("the board is not connected")
             return None
         for edge in disconnects:
-            if edge > t.set_at and not self._ours(edge):
+            if edge > t.set_at and (network or not self._ours(edge)):
                 self.clear("the port disconnected (unplug or reset by someone else)")
                 return None
         if t.usb_serial is not None and usb_serial is not None and usb_serial != t.usb_serial:
