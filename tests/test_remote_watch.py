@@ -80,8 +80,8 @@ def the_loop(
 ) -> dict[str, Any]:
     """`fbuild watch --json --port PORT` on the example: the initial deploy,
     its first line, `during(events)`, an edit -> sector-delta -> the new
-    first line, quit (exit status 0, nothing on stderr). Returns the edit's
-    deploy_finished event."""
+    first line, a rebuild -> trust-skip, a full flash, quit (exit status 0,
+    nothing on stderr). Returns the edit's deploy_finished event."""
     ev = watch_json(project, port, env)
     try:
         first = ev.expect(lambda e: e["type"] == "deploy_finished", LOOP_TIMEOUT_S)
@@ -102,6 +102,17 @@ def the_loop(
             since=since,
         )
         assert cycle["save_to_first_log_ms"] > 0
+        # the rest of the ladder over the link: the same image again is a
+        # trust-skip (nothing sent); `f` writes everything
+        since = len(ev.seen)
+        ev.send("rebuild")
+        skip = ev.expect(lambda e: e["type"] == "deploy_finished", LOOP_TIMEOUT_S, since=since)
+        assert skip["ok"] and skip["kind"] == "trust-skip" and skip["wire_bytes"] == 0, skip
+        since = len(ev.seen)
+        ev.send("full-flash")
+        full = ev.expect(lambda e: e["type"] == "deploy_finished", LOOP_TIMEOUT_S, since=since)
+        assert full["ok"] and full["kind"] == "full", full
+        ev.expect(_line("blink-c3 version 1.0.7"), LOOP_TIMEOUT_S, since=since)
         _quit(ev)
         return dep
     finally:
