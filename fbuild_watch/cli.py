@@ -236,7 +236,9 @@ def _session_options(args: argparse.Namespace) -> SessionOptions:
         timestamps=args.timestamps,
         timestamp_format=args.timestamp_format,
         eol=args.eol,
-        reset_on_attach=not getattr(args, "no_reset", True),
+        # monitor: reset on attach; watch: only when no deploy resets it at start
+        reset_on_attach=args.func is _monitor and not args.no_reset,
+        reset_if_no_deploy=args.func is _watch and not args.no_reset,
         wait_place=args.wait_place,
     )
 
@@ -471,6 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--build", action="store_true", help="build at start even if nothing changed"
     )
     watch.add_argument("--fqbn", help="Arduino board FQBN (Arduino CLI projects)")
+    watch.add_argument(
+        "--no-reset",
+        action="store_true",
+        help="when no deploy runs at start (the first build failed), leave the board running "
+        "(by default it is reset for its boot log, as esp-idf-monitor does on attach)",
+    )
     watch.set_defaults(func=_watch)
 
     monitor = sub.add_parser(

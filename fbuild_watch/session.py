@@ -40,6 +40,7 @@ from fbuild_watch.errors import ConfigError, FbuildError, RuntimeFailure, UsageE
 from fbuild_watch.events import (
     BoardRef,
     BoardReset,
+    BuildFinished,
     Command,
     ConnectedAhead,
     CoreDumpDecoded,
@@ -107,6 +108,9 @@ class SessionOptions:
     timestamp_format: str | None = None
     eol: str | None = None  # CR, LF, CRLF; None: the project's, else CRLF
     reset_on_attach: bool = False  # `fbuild monitor` without --no-reset
+    # `fbuild watch` without --no-reset: when the first build fails (so no
+    # deploy resets the board), reset it for its boot log, as on attach
+    reset_if_no_deploy: bool = False
     wait_place: float | None = None  # labgrid: wait this long for a held place
 
 
@@ -395,6 +399,7 @@ class WatchSession:
         self.project_lock: ProjectLock | None = None
         self._missing_elves: set[Path] = set()
         self._first_line: asyncio.Future[float] | None = None
+        self._first_build_pending = True  # for reset_if_no_deploy
         self._held: HeldPorts | None = None  # labgrid places held for the session
         self._startup_warnings: list[str] = []
         self._said: set[str] = set()  # flash-settings warnings already shown
@@ -443,6 +448,10 @@ class WatchSession:
     def emit(self, ev: Event) -> None:
         for on_event, _ in self._listeners:
             on_event(ev)
+        if isinstance(ev, BuildFinished) and not ev.stale and self._first_build_pending:
+            self._first_build_pending = False
+            if not ev.result.ok and not ev.result.cancelled and self.opts.reset_if_no_deploy:
+                self._reset_on_attach("reset at start")
 
     def on_serial(
         self,
@@ -702,11 +711,19 @@ class WatchSession:
         for b in self.boards:
             b.conn.open(wait=True)
         if self.opts.reset_on_attach:
-            # as esp-idf-monitor: the boot log from its first line (a port
-            # without modem lines, raw TCP, cannot reset the board: left alone)
-            for b in self.boards:
-                if b.conn.port is not None and not b.info.url.startswith("socket://"):
-                    self._background_job(b, b.deployer.reset, "reset on attach")
+            self._reset_on_attach("reset on attach")
+
+    def _reset_on_attach(self, what: str) -> None:
+        """As esp-idf-monitor: the boot log from its first line (a port
+        without modem lines, raw TCP, cannot reset the board: left alone)."""
+        for b in self.boards:
+            if b.conn.port is not None and not b.info.url.startswith("socket://"):
+
+                def reset(b: BoardSession = b) -> None:
+                    b.deployer.reset()
+                    self.emit_threadsafe(BoardReset(board=b.label, port=b.info.url))
+
+                self._background_job(b, reset, what)
 
     async def run(self) -> None:
         assert self.loop is not None

@@ -135,3 +135,23 @@ def test_tui_in_a_real_terminal(tmp_path: Path) -> None:
         except (ProcessLookupError, ChildProcessError):
             pass
         os.close(fd)
+
+
+def test_a_failed_first_build_still_shows_the_boot_log(tmp_path: Path) -> None:
+    """No deploy resets the board when the first build fails: it is reset
+    for its boot log, as esp-idf-monitor resets on attach."""
+    project = copy_example(tmp_path / "blink-c3")
+    main_c = project / "src" / "main.c"
+    main_c.write_text(main_c.read_text() + "\nthis does not compile\n")
+    env = {**os.environ, "FBUILD_CACHE_DIR": str(tmp_path / "cache")}
+    ev = watch_json(project, "sim://noreset?timing=instant&flash=", env)
+    try:
+        built = ev.expect(lambda e: e["type"] == "build_finished")
+        assert not built["ok"]
+        ev.expect(lambda e: e["type"] == "reset")
+        ev.expect(lambda e: e["type"] == "serial_line" and "ESP-ROM" in e["text"])
+        assert not any(e["type"] == "deploy_started" for e in ev.seen)
+        ev.send("quit")
+        assert ev.proc.wait(timeout=30) == 1  # the last build failed
+    finally:
+        ev.kill()
