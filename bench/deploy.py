@@ -302,7 +302,7 @@ PHASES = (
     ("setup", None, "esptool: baud change (+0.05 s sleep), SPI attach; (d), the first deploy of a session: esptool's full flash attach (XMC fix, SFDP, flash ID: ~70 register commands; once per session, kept because the XMC start-up fix is in it)"),
     ("stub", None, "esptool: stub upload (when the cost model picks it)"),
     ("write", "changed sectors: wire, erase, program", "the ROM loader: it erases before the data and acks each 1 KiB block after programming it (the stub overlaps them but costs its upload, more than it saves below ~60 KiB: the sweep below)"),
-    ("verify", "one MD5 of the written runs", "(b), (c): esptool's MD5 per run + ours: the whole touched region's MD5 (~0.11 s for this 870 KiB app; the check kept when trust is wrong); (d): ours, the MD5 probes"),
+    ("verify", "one MD5 of the written runs", "(b), (c): esptool's MD5 of each written run (one per run, not one for all); (d): ours, the MD5 probes"),
     ("reset", "hard reset", "esptool's hard reset"),
 )  # fmt: skip
 WHOSE = {phase: whose for phase, _, whose in PHASES}
@@ -522,9 +522,8 @@ def render(result: dict[str, Any]) -> list[str]:
         other = [next(p["ours_s"] for p in r["breakdown"]["parts"] if p["phase"] == "other")
                  for r in broken]  # fmt: skip
         lines += ["", "Over the 1.2x goal. Of the rest, ours: planning and bookkeeping "
-                  f"({min(other) * 1000:.0f}-{max(other) * 1000:.0f} ms), the whole-region MD5 "
-                  "after a delta, and in (d) the MD5 probes (the flash attach there is esptool's, once per "
-                  "session). The remainder is esptool's connect and the ROM loader's write "
+                  f"({min(other) * 1000:.0f}-{max(other) * 1000:.0f} ms) and in (d) the MD5 "
+                  "probes (the flash attach there is esptool's, once per session). The remainder is esptool's connect and the ROM loader's write "
                   "protocol, which no deploy through esptool's ROM path avoids; the stub, which "
                   "overlaps the flash work with the wire, costs more than it saves at these sizes."]  # fmt: skip
     sweep_rows = result.get("sweep") or []
