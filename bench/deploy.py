@@ -298,7 +298,7 @@ def floors(scenario: str, lays: dict[str, ValidatedLayout]) -> tuple[float, floa
 # our deploy's phases (DeployOutcome.phases) against the floor's parts, and
 # whose code or protocol each is
 PHASES = (
-    ("connect", "reset into the bootloader, sync", "esptool's connect: its reset, sync and chip reads (security info, eFuses for the MAC)"),
+    ("connect", "reset into the bootloader, sync", "esptool's connect (its reset, sync, chip detection) and the reads a safe deploy makes: MAC (whose trust), security info and chip revision (refused before a byte is written otherwise)"),
     ("setup", None, "esptool: baud change (+0.05 s sleep), SPI attach; (d), the first deploy of a session: esptool's full flash attach (XMC fix, SFDP, flash ID: ~70 register commands; once per session, kept because the XMC start-up fix is in it)"),
     ("stub", None, "esptool: stub upload (when the cost model picks it)"),
     ("write", "changed sectors: wire, erase, program", "the ROM loader: it erases before the data and acks each 1 KiB block after programming it (the stub overlaps them but costs its upload, more than it saves below ~60 KiB: the sweep below)"),
