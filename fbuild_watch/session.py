@@ -451,7 +451,7 @@ class WatchSession:
         if isinstance(ev, BuildFinished) and not ev.stale and self._first_build_pending:
             self._first_build_pending = False
             if not ev.result.ok and not ev.result.cancelled and self.opts.reset_if_no_deploy:
-                self._reset_on_attach("reset at start")
+                self._reset_for_boot_log("reset at start")
 
     def on_serial(
         self,
@@ -711,9 +711,9 @@ class WatchSession:
         for b in self.boards:
             b.conn.open(wait=True)
         if self.opts.reset_on_attach:
-            self._reset_on_attach("reset on attach")
+            self._reset_for_boot_log("reset on attach")
 
-    def _reset_on_attach(self, what: str) -> None:
+    def _reset_for_boot_log(self, what: str) -> None:
         """As esp-idf-monitor: the boot log from its first line (a port
         without modem lines, raw TCP, cannot reset the board: left alone)."""
         for b in self.boards:

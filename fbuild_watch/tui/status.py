@@ -4,7 +4,7 @@ fields from session events and the line redraws itself."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rich.markup import escape
 from rich.text import Text
@@ -46,7 +46,8 @@ class StatusLine(Widget):
 
     def set_board(self, label: str, **changes: object) -> None:
         self.boards = tuple(
-            BoardStatus(**{**b.__dict__, **changes}) if b.label == label else b for b in self.boards
+            replace(b, **changes) if b.label == label else b  # type: ignore[arg-type]
+            for b in self.boards
         )
 
     def render(self) -> Text:
