@@ -11,6 +11,7 @@ import pytest
 import serial
 from elftools.elf.elffile import ELFFile
 
+from fbuild_watch import sim
 from fbuild_watch.sim.board import BoardState
 from tests.fwkit import FW_DIR, Build, build_firmware
 from tests.simkit import new_board, open_port, preload, read_until
@@ -114,6 +115,27 @@ def test_classic_sequence_enters_download_mode(firmware: Build) -> None:
     port.dtr = False
     out = read_until(port, r"waiting for download").decode()
     assert "boot:0x5 (DOWNLOAD(USB/UART0/1))" in out
+    assert board.state is BoardState.DOWNLOAD
+
+
+def test_reset_mid_boot_restarts_at_once(firmware: Build) -> None:
+    """EN pulled low while the bootloader is still loading the app restarts
+    the chip at once (a real chip does not finish the boot first): esptool's
+    first sync after its reset must find the ROM loader listening."""
+    board = new_board(timing=sim.REALISTIC)
+    preload(board, firmware)
+    port = open_port(board)
+    board.reset()
+    read_until(port, r"boot:0xc \(SPI_FAST_FLASH_BOOT\)\r\n")  # the bootloader's 0.22 s begin
+    port.dtr = False
+    port.rts = True
+    port.dtr = True
+    port.rts = False
+    time.sleep(0.05)  # esptool's reset_delay: IO0 must stay low while EN rises
+    port.dtr = False
+    out = read_until(port, r"waiting for download").decode()
+    assert "Loaded app" not in out  # the abandoned boot printed nothing more
+    assert board.counters.app_boots == 0
     assert board.state is BoardState.DOWNLOAD
 
 

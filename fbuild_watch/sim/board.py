@@ -186,6 +186,9 @@ class VirtualBoard:
         self._reset_pending: str | None = None  # reset reason latched by an EN pulse
         self._en_low = False
         self._en_release_at: float | None = None
+        # Counts what ends a boot in progress (EN pulled low, power lost, a
+        # reset requested): a real chip restarts at once, even mid-boot.
+        self._interrupts = 0
         # (time, IO0 low) at each line change: the strap is the IO0 level at
         # EN release + RC delay, whenever the device thread gets to look.
         self._io0_history: list[tuple[float, bool]] = [(0.0, False)]
@@ -332,6 +335,7 @@ class VirtualBoard:
             self._force_download = True
         if en_low and not self._en_low:
             self._en_low = True
+            self._interrupts += 1
             self._en_release_at = None
             self._reset_pending = "usb_uart" if self.usb_jtag else "poweron"
             if self._cpu is not None:
@@ -359,6 +363,7 @@ class VirtualBoard:
         with self._lock:
             self._drop_link()
             self.present = False
+            self._interrupts += 1
             self.counters.unplugs += 1
             self._set_state(BoardState.OFF)
             self._wake.notify_all()
@@ -514,6 +519,7 @@ class VirtualBoard:
         """Chip comes out of reset now (after the EN RC delay)."""
         self._reset_pending = reason
         self._en_release_at = time.monotonic() - EN_RC_DELAY_S
+        self._interrupts += 1
         if self._cpu is not None:
             self._cpu.stop_requested = True
 
@@ -556,6 +562,23 @@ class VirtualBoard:
         self.counters.modelled_s += seconds
         if self.timing.realtime:
             self._stopping.wait(seconds)  # a board being closed stops waiting
+
+    def _pace_boot(self, seconds: float, booting: int) -> bool:
+        """`pace` for a boot step; False when a reset, EN pulled low or power
+        lost came first, which ends the boot at once."""
+        if not self.timing.realtime:
+            self.pace(seconds)
+            return self._interrupts == booting
+        start = time.monotonic()
+        deadline = start + seconds
+        with self._lock:
+            while self._interrupts == booting and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._wake.wait(left)
+            self.counters.modelled_s += min(seconds, time.monotonic() - start)
+            return self._interrupts == booting
 
     def set_uart_baud(self, baud: int) -> None:
         with self._lock:
@@ -652,13 +675,14 @@ class VirtualBoard:
                     return True
                 reason = self._reset_pending
                 self._reset_pending = None
+                booting = self._interrupts
                 download = self._io0_low(self._en_release_at + EN_RC_DELAY_S)
                 self._en_release_at = None
                 self._force_download = False
             else:
-                reason = None
+                reason, booting = None, 0
         if reason is not None:
-            self._boot(reason, download)
+            self._boot(reason, download, booting)
             return True
         if self.state in (BoardState.APP, BoardState.DOWNLOAD):
             fired = self.regs.watchdogs.expired()
@@ -694,7 +718,10 @@ class VirtualBoard:
                 fl.save()
                 self._last_flash_change = 0.0
 
-    def _boot(self, reason: str, download: bool) -> None:
+    def _boot(self, reason: str, download: bool, booting: int) -> None:
+        """ROM start-up, then the loader or the bootloader and the app;
+        `booting`: `_interrupts` when this boot began (a reset mid-boot
+        abandons it, as a real chip does)."""
         if _TRACE:
             print(
                 f"sim {self.name} {time.monotonic():.4f} boot {reason} download={download}",
@@ -704,7 +731,8 @@ class VirtualBoard:
         self.counters.resets += 1
         if self.flash.dirty:
             self.flash.save()  # a reset ends whatever flash write came before
-        self.pace(self.timing.reset_to_rom_s)
+        if not self._pace_boot(self.timing.reset_to_rom_s, booting):
+            return
         with self._lock:
             self._cpu = None
             self._ram_app = None
@@ -735,7 +763,8 @@ class VirtualBoard:
             self._next_at = time.monotonic()
             self._set_state(BoardState.ROM_STUCK)
             return
-        self.pace(self.timing.bootloader_s)
+        if not self._pace_boot(self.timing.bootloader_s, booting):
+            return
         self._emit_text(outcome.text)
         if outcome.app is None:
             self._reboot_later("sw_sys")
