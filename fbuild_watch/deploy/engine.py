@@ -433,6 +433,9 @@ class BoardDeployer:
         elif out.flash_state is None:
             out.flash_state = "unchanged: nothing was written"
         self.trust.clear(f"deploy failed: {out.error}")
+        # the next deploy attaches the flash as esptool does, flash reset
+        # included: an app can leave the flash in a state the ROM cannot use
+        self._flash_ids.clear()
 
     def _refused(self, out: DeployOutcome, problem: str) -> None:
         """Refused before the first byte: failed, but the flash is what it
