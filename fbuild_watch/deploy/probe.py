@@ -57,17 +57,29 @@ def probe_regions(
             if head == erased_md5(SECTOR) and r.data[:SECTOR] != b"\xff" * SECTOR:
                 runs.append(Run(r.name, r.offset, r.data))
                 continue
+        base = cached.get(r.offset) or None
+        if base is not None and len(base) != r.size:
+            # the usual case after an edit: one MD5 over the cached image
+            # (the board cannot hold the new one where the old one matches,
+            # but when the new image only adds to it: diffing writes that)
+            if device_md5(r.offset, len(base)) == md5(base):
+                runs += _diff_against_cached(r, base, log)
+                continue
+            base = None
         device = device_md5(r.offset, r.size)
         if device == md5(r.data):
             confirmed[r.offset] = r.data
             continue
-        base = cached.get(r.offset)
-        if base is not None and len(base) and device_md5(r.offset, len(base)) == md5(base):
-            log.append(f"{r.name}: cached last layout confirmed on the board; diffing against it")
-            runs += sector_runs(r.name, r.offset, r.data, base)
+        if base is not None and device == md5(base):  # same size: one MD5 tells both
+            runs += _diff_against_cached(r, base, log)
             continue
         runs += probe_blocks(device_md5, r, device, block)
     return runs
+
+
+def _diff_against_cached(r: Region, base: bytes, log: list[str]) -> list[Run]:
+    log.append(f"{r.name}: cached last layout confirmed on the board; diffing against it")
+    return sector_runs(r.name, r.offset, r.data, base)
 
 
 def probe_blocks(device_md5: DeviceMd5, r: Region, region_md5: str, block_size: int) -> list[Run]:
