@@ -301,7 +301,7 @@ PHASES = (
     ("connect", "reset into the bootloader, sync", "esptool's connect (its reset, sync, chip detection) and the reads a safe deploy makes: MAC (whose trust), security info and chip revision (refused before a byte is written otherwise)"),
     ("setup", None, "esptool: baud change (+0.05 s sleep), SPI attach; (d), the first deploy of a session: esptool's full flash attach (XMC fix, SFDP, flash ID: ~70 register commands; once per session, kept because the XMC start-up fix is in it)"),
     ("stub", None, "esptool: stub upload (when the cost model picks it)"),
-    ("write", "changed sectors: wire, erase, program", "the ROM loader: it erases before the data and acks each 1 KiB block after programming it (the stub overlaps them but costs its upload, more than it saves below ~60 KiB: the sweep below)"),
+    ("write", "changed sectors: wire, erase, program", "the ROM loader: it erases before the data and acks each 1 KiB block after programming it (the stub overlaps them but costs its upload: the sweep below)"),
     ("verify", "one MD5 of the written runs", "(b), (c): esptool's MD5 of each written run (one per run, not one for all); (d): ours, the MD5 probes"),
     ("reset", "hard reset", "esptool's hard reset"),
 )  # fmt: skip
@@ -521,11 +521,25 @@ def render(result: dict[str, Any]) -> list[str]:
         lines.append("| total | " + " | ".join(totals) + " | |")
         other = [next(p["ours_s"] for p in r["breakdown"]["parts"] if p["phase"] == "other")
                  for r in broken]  # fmt: skip
+
+        def part(r: dict[str, Any], phase: str) -> dict[str, Any]:
+            return next(p for p in r["breakdown"]["parts"] if p["phase"] == phase)
+
+        first = broken[0]
+        extra = part(first, "connect")["ours_s"] - part(first, "connect")["floor_s"]
+        write = part(first, "write")["ours_s"] - part(first, "write")["floor_s"]
+        wins = [r["changed_kib"] for r in result.get("sweep") or [] if r["faster"] == "stub"]
+        from_kib = f"from {min(wins)} KiB of incompressible change" if wins else "nowhere here"
         lines += ["", "Over the 1.2x goal. Of the rest, ours: planning and bookkeeping "
                   f"({min(other) * 1000:.0f}-{max(other) * 1000:.0f} ms) and in (d) the MD5 "
-                  "probes (the flash attach there is esptool's, once per session). The remainder is esptool's connect and the ROM loader's write "
-                  "protocol, which no deploy through esptool's ROM path avoids; the stub, which "
-                  "overlaps the flash work with the wire, costs more than it saves at these sizes."]  # fmt: skip
+                  "probes (one per region; the flash attach there is esptool's, once per "
+                  f"session). The connect is at the floor but for the reads a safe deploy makes "
+                  f"({extra * 1000:.0f} ms in ({first['scenario']})). The remainder is esptool's "
+                  "baud change (its 0.05 s sleep) and the ROM loader's write protocol "
+                  f"({write:.2f} s in ({first['scenario']})), which no deploy through the ROM "
+                  "avoids. The stub overlaps the flash work with the wire but costs its upload "
+                  "(at the flashing baud on a C3) and pads a run it cannot deflate to its 16 KiB "
+                  f"block: it is faster {from_kib} (the sweep below)."]  # fmt: skip
     sweep_rows = result.get("sweep") or []
     if sweep_rows:
         lines += ["", "**ROM or stub** (virtual board): one trusted sector-delta of an incompressible "

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from esptool.loader import ESPLoader
 
 from fbuild_watch.build import detect_backend, run_build
 from fbuild_watch.deploy import BoardDeployer, BoardWorker, FlashCache, describe
@@ -233,6 +234,37 @@ def test_after_a_failed_write_the_flash_is_attached_as_esptool_does(
     assert r.dep.deploy(builds.v1).ok
     assert r.board.counters.commands["WRITE_REG"] - before == full_attach
     assert flash_holds(r.board, builds.v1)
+    r.conn.close()
+
+
+@pytest.mark.parametrize("usb_jtag", [False, True])
+def test_the_stub_goes_up_at_the_flashing_baud_on_a_c3(
+    builds: Builds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, usb_jtag: bool
+) -> None:
+    """A C3's stub keeps the UART divider the ROM set, so the ROM changes
+    baud first and the stub's 6 KiB go up at 460800, not 115200 as esptool
+    sends them (~0.4 s); over USB-Serial/JTAG the baud means nothing and
+    esptool's order stays. Connected ahead at the flashing baud, nothing
+    changes back."""
+    at: list[int] = []
+    run_stub = ESPLoader.run_stub
+
+    def recording(self: ESPLoader, *args: object, **kwargs: object) -> object:
+        at.append(self._port.baudrate)
+        return run_stub(self, *args, **kwargs)
+
+    monkeypatch.setattr(ESPLoader, "run_stub", recording)
+    r = rig(tmp_path, usb_jtag=usb_jtag)
+    r.dep.stub = True
+    assert r.dep.deploy(builds.v1, full=True).ok
+    assert r.dep.connect_ahead()
+    changes = r.board.counters.commands["CHANGE_BAUDRATE"]
+    assert r.dep.deploy(builds.v2, full=True).ok
+    assert flash_holds(r.board, builds.v2)
+    expected = 115200 if usb_jtag else 460800
+    assert at == [expected, expected]
+    if not usb_jtag:
+        assert r.board.counters.commands["CHANGE_BAUDRATE"] == changes  # raised ahead, kept
     r.conn.close()
 
 

@@ -33,6 +33,7 @@ from fbuild_watch.deploy.plan import (
     COMMAND_S,
     ROM_BAUD,
     STUB_BREAK_EVEN,
+    STUB_KEEPS_ROM_BAUD,
     Run,
     compressed_sizes,
     estimate_s,
@@ -183,6 +184,18 @@ class BoardDeployer:
         # esptool's soft reset runs the app from the ROM only ("only
         # supported on ESP8266" with a stub): keep the ROM for it
         return self.after != "soft-reset"
+
+    def _stub_upload_baud(self, esp: Any) -> int:
+        """The baud to upload the stub at: the flashing baud where the stub
+        keeps the ROM's UART setting (plan.STUB_KEEPS_ROM_BAUD; over
+        USB-Serial/JTAG the baud means nothing), else the ROM's, as esptool."""
+        if (
+            esp.CHIP_NAME in STUB_KEEPS_ROM_BAUD
+            and not self.conn.info.usb_jtag
+            and not esp.secure_download_mode
+        ):
+            return self.link_baud
+        return ROM_BAUD
 
     def _can_reset_into_loader(self) -> bool:
         return self.before in ("default-reset", "usb-reset") and not self.raw_tcp
@@ -582,10 +595,12 @@ class BoardDeployer:
     def _setup(self, esp: Any, identity: str, *, stub: bool) -> Any:
         """Stub (optional), flashing baud, flash attached."""
         if stub and not esp.IS_STUB:
-            if esp._port.baudrate != ROM_BAUD:
-                # connected ahead at the flashing baud: the stub is uploaded at
-                # the ROM's baud, as esptool does (LOOP.md, "Choosing ROM or stub")
-                esp.change_baud(ROM_BAUD)
+            upload_baud = self._stub_upload_baud(esp)
+            if esp._port.baudrate != upload_baud:
+                # the ROM changes baud first: to the flashing baud, or back to
+                # its own where the stub would not keep it (LOOP.md, "Choosing
+                # ROM or stub")
+                esp.change_baud(upload_baud)
             esp = run_stub(esp)
             esp.WRITE_FLASH_ATTEMPTS = 1
         if self.link_baud != esp._port.baudrate:
@@ -614,7 +629,8 @@ class BoardDeployer:
             return False
         rtt = COMMAND_S if self.rtt is None else self.rtt
         stub_running = bool(esp.IS_STUB)
-        rebaud = held is not None and esp._port.baudrate != ROM_BAUD
+        upload_baud = self._stub_upload_baud(esp)
+        rebaud = held is not None and esp._port.baudrate != upload_baud
         sizes = compressed_sizes(runs)
 
         def estimate(stub: bool) -> float:
@@ -626,6 +642,7 @@ class BoardDeployer:
                 sizes=sizes,
                 stub_running=stub_running,
                 rebaud=rebaud,
+                upload_baud=upload_baud,
             )
 
         if stub_running:

@@ -24,6 +24,15 @@ ROM_BAUD = 115200
 # esptool 5.6's stub (v2) for the C3 as run_stub sends it: bytes on the wire
 # both ways with SLIP and headers, and its commands (counted at the port)
 STUB_UPLOAD_BYTES = 6_341
+# Chips whose flasher stubs (esptool's v1 and v2) keep the UART divider the
+# ROM set over a USB-UART bridge (they touch clocks only over USB or SDIO):
+# the baud is raised in the ROM and the stub uploaded at the flashing baud,
+# ~0.4 s sooner than esptool's order (LOOP.md, "Choosing ROM or stub").
+# Not ESP32/S2/P4 (stub v2 resets the divider after raising the clock there),
+# ESP8266 (no baud change in ROM) or C2 (26 MHz crystal in ROM).
+STUB_KEEPS_ROM_BAUD = frozenset(
+    {"ESP32-C3", "ESP32-C5", "ESP32-C6", "ESP32-C61", "ESP32-H2", "ESP32-S3"}
+)
 STUB_COMMANDS = 7
 ROM_BLOCK = 0x400
 STUB_BLOCK = 0x4000
@@ -107,15 +116,16 @@ def estimate_s(
     sizes: list[int] | None = None,
     stub_running: bool = False,
     rebaud: bool = False,
+    upload_baud: int = ROM_BAUD,
 ) -> float:
     """Modelled time to write `runs` over ROM or stub at `baud` (after the
     connection exists), each command costing `rtt` beyond its wire time.
-    `stub_running`: the stub is already there (no upload); `rebaud`: the
-    ROM is at the flashing baud (connected ahead), so the stub upload first
-    changes back to the ROM's baud, as esptool does."""
+    `stub_running`: the stub is already there (no upload); `upload_baud`:
+    the baud the stub is uploaded at; `rebaud`: the ROM is not at that baud
+    (connected ahead at the flashing baud), so the upload first changes it."""
     total = 0.0
     if stub and not stub_running:
-        total += wire_s(STUB_UPLOAD_BYTES, ROM_BAUD) + STUB_COMMANDS * rtt
+        total += wire_s(STUB_UPLOAD_BYTES, upload_baud) + STUB_COMMANDS * rtt
         if rebaud:
             total += CHANGE_BAUD_S + rtt
     sizes = sizes if sizes is not None else compressed_sizes(runs)
@@ -127,30 +137,40 @@ def estimate_s(
         program = run.pages * PAGE_PROGRAM_S
         wire = wire_s(sent, baud)
         if stub:
-            # flash work overlaps the wire; each block is acked on arrival,
-            # so a block still costs a round trip before the next is sent
-            total += max(wire + blocks * rtt, erase + program) + 2 * rtt
+            # each block is acked on arrival and its flash work done while
+            # the next one is on the wire: only the last block's work is
+            # not hidden (one block: none is)
+            per_wire, per_work = wire / blocks, (erase + program) / blocks
+            total += (
+                per_wire + (blocks - 1) * max(per_wire, per_work) + per_work + (blocks + 2) * rtt
+            )
         else:  # ROM: erase at begin, then synchronous 1 KiB blocks
             total += erase + wire + program + blocks * rtt + 2 * rtt
         total += len(run.data) / MD5_BYTES_PER_S + rtt  # esptool's MD5 verify of the run
     return total
 
 
-def break_even_kib(*, baud: int, rtt: float, limit_kib: int = 256) -> int | None:
+def break_even_kib(
+    *, baud: int, rtt: float, limit_kib: int = 256, upload_baud: int = ROM_BAUD
+) -> int | None:
     """The incompressible sector-delta size (KiB, whole sectors) from which
-    the model always writes faster with the stub than with the ROM, up to
-    `limit_kib`; None if the ROM still wins somewhere there. (Below it the
-    stub can win at multiples of its 16 KiB block, where it sends no
-    padding.)"""
+    the model always writes faster with the stub (uploaded at `upload_baud`)
+    than with the ROM, up to `limit_kib`; None if the ROM still wins
+    somewhere there. (Below it the stub can win at multiples of its 16 KiB
+    block, where it sends no padding.)"""
     since: int | None = None
     for kib in range(4, limit_kib + 1, 4):
         run = [Run("delta", 0, bytes(kib * 1024))]
         sizes = [kib * 1024 + 64]  # incompressible: deflate adds a little
         rom = estimate_s(run, stub=False, baud=baud, rtt=rtt, sizes=sizes)
-        if estimate_s(run, stub=True, baud=baud, rtt=rtt, sizes=sizes) < rom:
-            since = kib if since is None else since
-        else:
+        wins = (
+            estimate_s(run, stub=True, baud=baud, rtt=rtt, sizes=sizes, upload_baud=upload_baud)
+            < rom
+        )
+        if not wins:
             since = None
+        elif since is None:
+            since = kib
     return since
 
 
