@@ -177,6 +177,29 @@ def test_cached_layout_is_confirmed_then_used_as_diff_base(builds: Builds, tmp_p
     second.conn.close()
 
 
+def test_cached_layout_is_confirmed_while_connected_ahead(builds: Builds, tmp_path: Path) -> None:
+    """The first deploy of a session, connected ahead during the build: the
+    cached last layout is confirmed then (before the image exists), so the
+    deploy itself asks the board nothing before it writes."""
+    cache = FlashCache(tmp_path / "cache")
+    first = rig(tmp_path, cache=cache)
+    assert first.dep.deploy(builds.v1).ok
+    first.conn.close()
+    second = rig(tmp_path, cache=cache, board=first.board)
+    counts = first.board.counters.commands
+    assert second.dep.connect_ahead()
+    md5_before, runs_before = counts["SPI_FLASH_MD5"], counts["FLASH_DEFL_BEGIN"]
+    o = second.dep.deploy(builds.v2)
+    assert o.kind == "verify-probe" and o.ok, (o.error, o.log[-5:])
+    assert "verify_ahead" in o.phases
+    assert any("3 of 3 regions of the cached last layout confirmed" in line for line in o.log)
+    verifies = counts["FLASH_DEFL_BEGIN"] - runs_before
+    assert counts["SPI_FLASH_MD5"] - md5_before == verifies  # esptool's own checks only
+    assert 1 <= o.sectors_written <= 3
+    assert flash_holds(first.board, builds.v2)
+    second.conn.close()
+
+
 def test_unplug_clears_trust(builds: Builds, tmp_path: Path) -> None:
     r = rig(tmp_path)
     assert r.dep.deploy(builds.v1).ok

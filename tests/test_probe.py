@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from fbuild_watch.deploy.plan import SECTOR, Run
-from fbuild_watch.deploy.probe import md5, probe_regions
+from fbuild_watch.deploy.probe import confirm_cached, md5, probe_regions
 from fbuild_watch.image.layout import Region
 
 OFFSET = 0x10000
@@ -92,3 +92,23 @@ def test_new_image_that_only_adds_to_the_cached_one() -> None:
     runs, _ = probe(flash, new, OLD)
     assert written(flash, runs)[: len(new)] == new
     assert sum(run.sectors for run in runs) == 3
+
+
+def test_regions_confirmed_ahead_are_diffed_without_asking() -> None:
+    new = edit(OLD, 100 * 1024)
+    flash = Flash(OLD)
+    on_board = confirm_cached(flash.md5, {OFFSET: OLD})
+    assert on_board == {OFFSET: OLD} and len(flash.asked) == 1
+    confirmed: dict[int, bytes] = {}
+    runs = probe_regions(
+        flash.md5,
+        [Region("app", OFFSET, new)],
+        {OFFSET: OLD},
+        rtt=0.005,
+        log=[],
+        confirmed=confirmed,
+        on_board=on_board,
+    )
+    assert len(flash.asked) == 1  # nothing more asked
+    assert written(flash, runs)[: len(new)] == new
+    assert confirm_cached(Flash(new).md5, {OFFSET: OLD}) == {}  # not on the board: not confirmed

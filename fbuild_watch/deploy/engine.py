@@ -40,7 +40,7 @@ from fbuild_watch.deploy.plan import (
     sector_runs,
 )
 from fbuild_watch.deploy.ports import is_network, usb_serial
-from fbuild_watch.deploy.probe import probe_regions
+from fbuild_watch.deploy.probe import confirm_cached, probe_regions
 from fbuild_watch.deploy.progress import WriteProgress, WriteTracker
 from fbuild_watch.deploy.trust import FlashCache, SessionTrust, TrustedImage
 from fbuild_watch.deploy.worker import READ_TIMEOUT_S, BoardWorker, LentPort
@@ -89,6 +89,9 @@ class _Connected:
     # the board was already in its loader (left there by our last deploy),
     # so giving the connection up does not reset it into the app
     was_in_loader: bool = False
+    # nothing trusted: the regions of the cached last layout the board was
+    # found to hold while connected ahead (the deploy diffs against them)
+    on_board: dict[int, bytes] = field(default_factory=dict)
 
 
 class _Refused(Exception):
@@ -254,6 +257,7 @@ class BoardDeployer:
                 t = time.monotonic()
                 esp = self._setup(esp, identity, stub=False)
                 out.phases["setup"] = time.monotonic() - t
+                on_board = self._confirm_cache_ahead(esp, identity, out)
         except Exception as exc:
             stack.close()
             self.log(f"{self.conn.url}: early connect failed ({exc}); the deploy connects")
@@ -268,8 +272,27 @@ class BoardDeployer:
             {**out.phases, "connect_ahead": time.monotonic() - t0},
             out.log,
             was_in_loader=not self._entered_by_reset,
+            on_board=on_board,
         )
         return True
+
+    def _confirm_cache_ahead(self, esp: Any, identity: str, out: DeployOutcome) -> dict[int, bytes]:
+        """Nothing trusted for this board: its cached last layout, confirmed
+        now by one MD5 per region while the build still runs, so the deploy
+        (verify-probe) can diff at once. Trusted: nothing to ask."""
+        trusted = self.effective_trust()
+        if self.cache is None or (trusted is not None and trusted.identity == identity):
+            return {}
+        t = time.monotonic()
+        cached = self.cache.load(identity)  # (the deploy loads it again and warns)
+        on_board = confirm_cached(esp.flash_md5sum, cached)
+        if cached:
+            out.phases["verify_ahead"] = time.monotonic() - t
+            out.log.append(
+                f"connected ahead: {len(on_board)} of {len(cached)} regions of the cached "
+                "last layout confirmed on the board"
+            )
+        return on_board
 
     def back_to_app(self) -> None:
         """No deploy followed a `connect_ahead` (the build failed or produced what
@@ -708,7 +731,8 @@ class BoardDeployer:
         else:
             out.kind = DeployKind.VERIFY_PROBE
             t = time.monotonic()
-            runs = self._probe(esp, regions, out, verified_regions)
+            on_board = held.on_board if held is not None else {}
+            runs = self._probe(esp, regions, out, verified_regions, on_board)
             out.phases["verify"] = time.monotonic() - t
 
         stub = self._choose_stub(esp, runs, held, out)
@@ -876,7 +900,12 @@ class BoardDeployer:
 
     # ------------------------------------------------------------------------
     def _probe(
-        self, esp: Any, regions: list[Region], out: DeployOutcome, confirmed: dict[int, bytes]
+        self,
+        esp: Any,
+        regions: list[Region],
+        out: DeployOutcome,
+        confirmed: dict[int, bytes],
+        on_board: dict[int, bytes],
     ) -> list[Run]:
         """Runs to write when nothing is trusted (deploy/probe.py)."""
         cached = (
@@ -886,7 +915,13 @@ class BoardDeployer:
         )
         rtt = COMMAND_S if self.rtt is None else self.rtt
         return probe_regions(
-            esp.flash_md5sum, regions, cached, rtt=rtt, log=out.log, confirmed=confirmed
+            esp.flash_md5sum,
+            regions,
+            cached,
+            rtt=rtt,
+            log=out.log,
+            confirmed=confirmed,
+            on_board=on_board,
         )
 
     def reset(self) -> None:

@@ -37,6 +37,16 @@ def add_run(runs: list[Run], run: Run) -> None:
         runs.append(run)
 
 
+def confirm_cached(device_md5: DeviceMd5, cached: dict[int, bytes]) -> dict[int, bytes]:
+    """The regions of the cached last layout the board still holds, one MD5
+    each: asked while connected ahead, before the new image exists."""
+    return {
+        offset: data
+        for offset, data in cached.items()
+        if data and device_md5(offset, len(data)) == md5(data)
+    }
+
+
 def probe_regions(
     device_md5: DeviceMd5,
     regions: list[Region],
@@ -45,10 +55,20 @@ def probe_regions(
     rtt: float,
     log: list[str],
     confirmed: dict[int, bytes],
+    on_board: dict[int, bytes] | None = None,
 ) -> list[Run]:
-    """Runs to write. Regions found whole on the board go into `confirmed`."""
+    """Runs to write. Regions found whole on the board go into `confirmed`.
+    `on_board`: regions already confirmed on the board (`confirm_cached`),
+    diffed against without asking again."""
     runs: list[Run] = []
     for r in regions:
+        held = (on_board or {}).get(r.offset)
+        if held is not None:
+            if held == r.data:
+                confirmed[r.offset] = r.data
+            else:
+                runs += _diff_against_cached(r, held, log)
+            continue
         block = probe_block(r.size, rtt)
         if r.size > block:
             # an image starts in its first sector: if that is erased, the
