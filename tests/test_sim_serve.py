@@ -239,6 +239,40 @@ def test_stop_while_a_client_is_connected(env: dict[str, str], tmp_path: Path) -
     assert "stopped (flash saved to" in out
 
 
+def test_a_closed_stdout_does_not_stop_the_server(env: dict[str, str]) -> None:
+    """`fbuild sim serve | head -1` (a script that reads the address and
+    goes away): the board is still served, and the stop is clean, with no
+    traceback from the lines nobody reads."""
+    proc = subprocess.Popen(
+        [*FBUILD, "sim", "serve", "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    m = re.search(r"socket://\S+", proc.stdout.readline())
+    assert m is not None
+    proc.stdout.close()
+    client = serial.serial_for_url(m.group(0), timeout=0.2)
+    sync = b"\x00\x08\x24\x00\x00\x00\x00\x00\x07\x07\x12\x20" + b"\x55" * 32
+    try:
+        seen = b""
+        for _ in range(25):
+            client.write(b"\xc0" + sync + b"\xc0")
+            seen += client.read(4096)
+            if b"\xc0\x01\x08" in seen:
+                break
+        assert b"\xc0\x01\x08" in seen, seen
+    finally:
+        client.close()
+    proc.send_signal(signal.SIGTERM)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=10) == 0, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
 def test_rfc2217_carries_resets_and_the_baud(env: dict[str, str]) -> None:
     """Served over RFC 2217 the board is reset into its loader by esptool's
     own reset sequence (no stub left over from the client before) and

@@ -11,7 +11,9 @@ MAC, as `sim://NAME` would have).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -192,8 +194,23 @@ def _open(planned: list[Served], protocol: str, many: bool) -> list[BoardServer]
     return servers
 
 
+_say_lock = threading.Lock()
+
+
+def _say(text: str) -> None:
+    """One line to stdout. A reader that went away (`| head -1` took the
+    address) must not stop the serving: the rest goes to /dev/null."""
+    with _say_lock:
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # (also spares the flush at exit)
+            os.close(devnull)
+
+
 def _printer(prefix: str) -> Callable[[str], None]:
-    return lambda text: print(f"{prefix}{text}", flush=True)
+    return lambda text: _say(f"{prefix}{text}")
 
 
 def _close_all(servers: list[BoardServer]) -> None:
@@ -235,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         raise
     for server in servers:  # every address first, so a script can read them all
-        print(_describe(server.board, server.url, args.timing, args.boot), flush=True)
+        _say(_describe(server.board, server.url, args.timing, args.boot))
     for server in servers:
         server.start()
     try:
@@ -245,5 +262,5 @@ def run(args: argparse.Namespace) -> int:
     for server in servers:
         path = server.board.flash.path
         saved = f"flash saved to {path}" if path else "flash was memory only"
-        print(f"stopped '{server.board.name}' ({saved})" if many else f"stopped ({saved})")
+        _say(f"stopped '{server.board.name}' ({saved})" if many else f"stopped ({saved})")
     return 0
