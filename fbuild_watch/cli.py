@@ -3,7 +3,8 @@
 Exit status (README, "Exit status"), the same in the TUI and the line modes:
 0 success; 1 runtime failure (invalid image, build failed, port missing, busy
 or never opened, a deploy that did not complete, a part of the loop that
-stopped); 2 usage or configuration error; 130 interrupted (Ctrl+C). With
+stopped); 2 usage or configuration error; 130 interrupted (Ctrl+C); 141
+stdout closed by its reader (line modes, `| head`). With
 --json a failure is also one JSON object on stdout: {"ok": false, "error":
 ..., "exit_code": N} (`watch`/`monitor` add "type": "exit").
 """
@@ -314,8 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Edit -> build -> flash -> monitor loop for ESP32 boards.",
         epilog=(
             "exit status: 0 ok, 1 runtime failure (failed build or deploy, port missing, "
-            "busy or never opened), 2 usage or configuration error, 130 interrupted; with "
-            '--json a failure is also {"ok": false, "error": ..., "exit_code": N} on stdout'
+            "busy or never opened), 2 usage or configuration error, 130 interrupted, 141 stdout "
+            'closed by its reader (| head); with --json a failure is also {"ok": false, '
+            '"error": ..., "exit_code": N} on stdout'
         ),
     )
     parser.add_argument("--version", action="version", version=f"fbuild-watch {__version__}")

@@ -342,6 +342,14 @@ def serial_line_json(
     return out
 
 
+def output_dropped_json(lines: int, t: float) -> dict[str, Any]:
+    """`--json`'s word that `lines` board lines (`serial_line`s) were not
+    printed because stdout did not keep up with the board; in their place,
+    once it has. Not an `Event`: the line view's own writer says it (the
+    session knows nothing of stdout)."""
+    return {"type": "output_dropped", "t": round(t, 6), "lines": lines}
+
+
 def event_classes() -> list[type[Event]]:
     """Every concrete event (the schema test walks them)."""
     out: list[type[Event]] = []

@@ -3,7 +3,8 @@ and the event stream the views render. No UI here.
 
 Serial lines do not go through the asyncio loop: reader threads hand them to
 `on_serial` in batches (views make that thread-safe: the TUI queues them, the
-line views print under a lock), so a flood never delays keys or builds.
+line views queue them for their stdout writer), so a flood never delays keys
+or builds.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ from fbuild_watch.events import (
     StartupScan,
     Warned,
     event_classes,
+    output_dropped_json,
     serial_line_json,
 )
 from fbuild_watch.monitor import CONTINUES, LinePiece
@@ -144,6 +145,10 @@ def test_serial_line_matches_the_schema() -> None:
     piece = serial_line_json("demo", "sim://demo", "x" * 10, 1.0, [note], partial=True)
     assert set(piece) - {"type", "t"} == readme_schema()["serial_line"]
     assert piece["partial"] is True and "partial" not in line
+
+
+def test_output_dropped_matches_the_schema() -> None:
+    assert set(output_dropped_json(3, 1.0)) - {"type", "t"} == readme_schema()["output_dropped"]
 
 
 def test_a_line_too_long_to_keep_whole_is_marked_in_every_view() -> None:

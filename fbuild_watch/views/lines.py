@@ -10,6 +10,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
@@ -38,6 +39,7 @@ from fbuild_watch.events import (
     Resumed,
     SessionStarted,
     Warned,
+    output_dropped_json,
     serial_line_json,
 )
 from fbuild_watch.logfilter import compile_filter
@@ -45,11 +47,21 @@ from fbuild_watch.logtime import format_timestamp
 from fbuild_watch.monitor import CONTINUES, LinePiece
 from fbuild_watch.session import SessionOptions, WatchSession
 from fbuild_watch.termsafe import terminal_safe_lines
+from fbuild_watch.views.output import MAX_PENDING, OutputQueue, StdoutGone
 
 
 class LineView:
+    """Renders events and board lines as lines. Once `start()`ed, a writer
+    thread owns `out` (`views/output.py`): callers (the boards' reader
+    threads, the event loop) only queue; `close()` writes what is queued."""
+
     def __init__(
-        self, *, json_mode: bool, out: TextIO | None = None, timestamps: bool = False
+        self,
+        *,
+        json_mode: bool,
+        out: TextIO | None = None,
+        timestamps: bool = False,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         self.json_mode = json_mode
         self.out = out or sys.stdout
@@ -57,17 +69,26 @@ class LineView:
         # --plain keeps the board's colours for a person at a terminal; pipes,
         # files and CI logs get plain text
         self.colour = _isatty(self.out)
-        self._lock = threading.Lock()
+        self.output = OutputQueue(self.out, self._dropped_line, max_pending=max_pending)
         self.keep: Callable[[str], bool] | None = None  # --print-filter
         self.stamp_format: str | None = None  # --timestamps (human lines; JSON has `t`)
 
-    def _write(self, text: str) -> None:
-        with self._lock:
-            try:
-                self.out.write(text + "\n")
-                self.out.flush()
-            except (BrokenPipeError, ValueError):
-                pass
+    def start(self) -> None:
+        self.output.start()
+
+    def close(self) -> None:
+        self.output.close()
+
+    def _write(self, text: str, *, board_lines: int = 0) -> None:
+        """`board_lines`: serial lines, which may be dropped (and counted)
+        when stdout does not keep up; events never are."""
+        self.output.put(text, lines=board_lines, droppable=board_lines > 0)
+
+    def _dropped_line(self, n: int) -> str:
+        if self.json_mode:
+            return json.dumps(output_dropped_json(n, time.time()))
+        lines = f"{n} board line" + ("s" if n != 1 else "")
+        return f"--- fbuild: {lines} not shown: stdout did not keep up ---"
 
     def on_serial(
         self,
@@ -102,7 +123,7 @@ class LineView:
                 prefix + ln + ("\x1b[0m" if "\x1b" in ln else "")
                 for ln in with_address_lines(lines, noted)
             )
-        self._write(chunk)
+        self._write(chunk, board_lines=len(lines))
 
     def on_event(self, ev: Event) -> None:
         if isinstance(ev, BuildOutput) and not self.json_mode:
@@ -218,6 +239,8 @@ class LineMode:
         timeout: float | None = None,
     ) -> None:
         self.view = LineView(json_mode=json_mode)
+        self.view.output.on_gone = self._stdout_gone  # set-up's own lines may find it closed
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.pattern = re.compile(until) if until else None
         self.monitor_only = monitor_only
         self.timeout = timeout
@@ -228,8 +251,22 @@ class LineMode:
             self.view.keep = compile_filter(self.session.print_filter)
         if self.session.timestamps:
             self.view.stamp_format = self.session.timestamp_format
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._done: asyncio.Event | None = None
+
+    def _stdout_gone(self, gone: StdoutGone) -> None:
+        """Nobody reads our output any more (`| head` has what it wanted),
+        or it cannot be written. The session ends as on `quit` (a deploy in
+        progress is finished first): the port is released, the board left
+        running."""
+        if self.code == 0:
+            # 141 = 128 + SIGPIPE: the status a shell shows for `yes | head`'s
+            # `yes` (and `set -o pipefail` treats alike); we do not die of the
+            # signal itself, which would skip closing the port
+            self.code = SIGPIPE_STATUS if gone.broken_pipe else 1
+        if not gone.broken_pipe:
+            print(f"fbuild: error: cannot write to stdout: {gone}", file=sys.stderr, flush=True)
+        with contextlib.suppress(RuntimeError):  # the loop has already ended
+            self._finish()
 
     def _on_serial(
         self,
@@ -270,6 +307,8 @@ class LineMode:
             self._loop.add_signal_handler(signal.SIGTERM, self._quit)
             self._loop.add_signal_handler(signal.SIGINT, self._interrupt)
         read_commands(self._command)
+        if self.view.output.gone is not None:  # already, while the session was set up
+            self._quit()
         if self.monitor_only:
             self.session.open_boards()
             try:
@@ -278,7 +317,7 @@ class LineMode:
                 if self.pattern is not None:
                     self._fail(f"no line matched {self.pattern.pattern!r} in {self.timeout:g} s")
             never = [b.info.url for b in self.session.boards if not b.ever_connected]
-            if never and self.code != 130:
+            if never and self.code not in (130, SIGPIPE_STATUS):
                 self._fail(f"the port never opened: {', '.join(never)}")
             self.session.close()
             return
@@ -301,12 +340,20 @@ class LineMode:
         print(f"fbuild: error: {why}", file=sys.stderr, flush=True)
 
     def run(self) -> int:
+        self.view.start()
         try:
             asyncio.run(self._main())
         except KeyboardInterrupt:
             self.session.close()
-            return 130
+            self.code = 130
+        finally:
+            # everything accepted reaches stdout (as long as its reader
+            # takes it; a second Ctrl+C stops waiting)
+            self.view.close()
         return self.code
+
+
+SIGPIPE_STATUS = 128 + 13  # signal.SIGPIPE is 13 wherever there is one (not on Windows)
 
 
 def run_line_mode(
