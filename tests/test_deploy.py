@@ -156,14 +156,20 @@ def test_verify_probe_on_board_holding_previous_build(builds: Builds, tmp_path: 
     r.conn.close()
 
 
-def test_cached_layout_is_confirmed_then_used_as_diff_base(builds: Builds, tmp_path: Path) -> None:
+def next_session(builds: Builds, tmp_path: Path) -> Rig:
+    """A session wrote v1 (and the cache) and ended; the next one begins on
+    the same board with nothing trusted."""
     cache = FlashCache(tmp_path / "cache")
     first = rig(tmp_path, cache=cache)
     assert first.dep.deploy(builds.v1).ok
     first.conn.close()
+    return rig(tmp_path, cache=cache, board=first.board)
+
+
+def test_cached_layout_is_confirmed_then_used_as_diff_base(builds: Builds, tmp_path: Path) -> None:
     # a new session (no trust) on the same board: one MD5 per region confirms the cache
-    second = rig(tmp_path, cache=cache, board=first.board)
-    counts = first.board.counters.commands
+    second = next_session(builds, tmp_path)
+    counts = second.board.counters.commands
     md5_before, runs_before = counts["SPI_FLASH_MD5"], counts["FLASH_DEFL_BEGIN"]
     o = second.dep.deploy(builds.v2)
     assert o.kind == "verify-probe" and o.ok, (o.error, o.log[-5:])
@@ -181,12 +187,8 @@ def test_cached_layout_is_confirmed_while_connected_ahead(builds: Builds, tmp_pa
     """The first deploy of a session, connected ahead during the build: the
     cached last layout is confirmed then (before the image exists), so the
     deploy itself asks the board nothing before it writes."""
-    cache = FlashCache(tmp_path / "cache")
-    first = rig(tmp_path, cache=cache)
-    assert first.dep.deploy(builds.v1).ok
-    first.conn.close()
-    second = rig(tmp_path, cache=cache, board=first.board)
-    counts = first.board.counters.commands
+    second = next_session(builds, tmp_path)
+    counts = second.board.counters.commands
     assert second.dep.connect_ahead()
     md5_before, runs_before = counts["SPI_FLASH_MD5"], counts["FLASH_DEFL_BEGIN"]
     o = second.dep.deploy(builds.v2)
@@ -196,7 +198,7 @@ def test_cached_layout_is_confirmed_while_connected_ahead(builds: Builds, tmp_pa
     verifies = counts["FLASH_DEFL_BEGIN"] - runs_before
     assert counts["SPI_FLASH_MD5"] - md5_before == verifies  # esptool's own checks only
     assert 1 <= o.sectors_written <= 3
-    assert flash_holds(first.board, builds.v2)
+    assert flash_holds(second.board, builds.v2)
     second.conn.close()
 
 

@@ -232,27 +232,36 @@ def test_plain_says_how_many_lines_it_dropped_and_keeps_every_event() -> None:
     ]
 
 
+def piped(cmd: list[str], reader: list[str], env: dict[str, str]) -> tuple[bytes, int, bytes]:
+    """`cmd | reader`: what the reader printed, cmd's exit status and stderr."""
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    assert proc.stdout is not None
+    read = subprocess.Popen(reader, stdin=proc.stdout, stdout=subprocess.PIPE)
+    proc.stdout.close()  # the reader has the only read end
+    shown, _ = read.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return shown, proc.returncode, err
+
+
 def test_watch_json_into_head_ends_the_session_cleanly(tmp_path: Path) -> None:
     project = copy_example(tmp_path / "blink-c3")
     env = {**os.environ, "FBUILD_CACHE_DIR": str(tmp_path / "cache")}
-    watch = subprocess.Popen(
+    shown, code, err = piped(
         [*FBUILD, "watch", str(project), "--json", "--port", "sim://bp?timing=instant&flash="],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
-    assert watch.stdout is not None
-    head = subprocess.Popen(["head", "-3"], stdin=watch.stdout, stdout=subprocess.PIPE)
-    watch.stdout.close()  # head has the only read end
-    shown, _ = head.communicate(timeout=60)
-    try:
-        _, err = watch.communicate(timeout=30)
-    finally:
-        if watch.poll() is None:
-            watch.kill()
-            watch.wait()
+        ["head", "-3"],
+        env,
+    )
     first = [json.loads(line) for line in shown.splitlines()]
     assert len(first) == 3 and all("type" in e for e in first)
     # as `yes | head`'s `yes` under `set -o pipefail`: 128 + SIGPIPE
-    assert watch.returncode == 141, err.decode()
+    assert code == 141, err.decode()
     assert err == b""  # no traceback, no "Exception ignored" at exit, no error line
 
 
@@ -270,23 +279,13 @@ def test_monitor_into_grep_m1_ends_while_the_board_is_quiet(
     flash.write_bytes(bytes(image))
     env = sim_process_env(tmp_path)
     env["SIM_STATS"] = str(tmp_path / "stats.json")
-    mon = subprocess.Popen(
+    shown, code, err = piped(
         [*FBUILD, "monitor", "--plain", "--port", f"sim://gm?timing=instant&flash={flash}"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-    )  # fmt: skip
-    assert mon.stdout is not None
-    grep = subprocess.Popen(["grep", "-m1", "fw-test 1.0.0 up"], stdin=mon.stdout,
-                            stdout=subprocess.PIPE)  # fmt: skip
-    mon.stdout.close()
-    shown, _ = grep.communicate(timeout=60)
-    try:
-        _, err = mon.communicate(timeout=30)
-    finally:
-        if mon.poll() is None:
-            mon.kill()
-            mon.wait()
+        ["grep", "-m1", "fw-test 1.0.0 up"],
+        env,
+    )
     assert shown == b"[gm] fw-test 1.0.0 up\n"
-    assert mon.returncode == 141, err.decode()
+    assert code == 141, err.decode()
     assert err == b""
     # the session closed the port before exiting: a board opened by URL with
     # a flash file is powered off and freed when its last port closes (so it

@@ -102,17 +102,22 @@ def test_hard_reset_through_rts(firmware: Build) -> None:
     assert board.counters.app_boots == boots + 1
 
 
-def test_classic_sequence_enters_download_mode(firmware: Build) -> None:
-    board = new_board()
-    preload(board, firmware)
-    port = open_port(board)
-    # esptool ClassicReset: IO0 high + EN low, then IO0 low + EN high, then IO0 high
+def classic_reset(port: serial.SerialBase) -> None:
+    """esptool's ClassicReset: IO0 high + EN low, then IO0 low + EN high,
+    then IO0 high."""
     port.dtr = False
     port.rts = True
     port.dtr = True
     port.rts = False
     time.sleep(0.05)  # esptool's reset_delay: IO0 must stay low while EN rises
     port.dtr = False
+
+
+def test_classic_sequence_enters_download_mode(firmware: Build) -> None:
+    board = new_board()
+    preload(board, firmware)
+    port = open_port(board)
+    classic_reset(port)
     out = read_until(port, r"waiting for download").decode()
     assert "boot:0x5 (DOWNLOAD(USB/UART0/1))" in out
     assert board.state is BoardState.DOWNLOAD
@@ -127,12 +132,7 @@ def test_reset_mid_boot_restarts_at_once(firmware: Build) -> None:
     port = open_port(board)
     board.reset()
     read_until(port, r"boot:0xc \(SPI_FAST_FLASH_BOOT\)\r\n")  # the bootloader's 0.22 s begin
-    port.dtr = False
-    port.rts = True
-    port.dtr = True
-    port.rts = False
-    time.sleep(0.05)  # esptool's reset_delay: IO0 must stay low while EN rises
-    port.dtr = False
+    classic_reset(port)
     out = read_until(port, r"waiting for download").decode()
     assert "Loaded app" not in out  # the abandoned boot printed nothing more
     assert board.counters.app_boots == 0
