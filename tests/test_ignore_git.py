@@ -398,5 +398,5 @@ def test_config_fallback_reads_like_git(
     else:
         assert with_git == Path(git_env["XDG_CONFIG_HOME"]) / "git" / "ignore"
     monkeypatch.setattr(gitignore.shutil, "which", lambda _name: None)
-    gitignore._excludes_cache.clear()
+    gitignore._config_cache.clear()
     assert gitignore.excludes_file(gitignore.find_repo(top), top) == with_git

@@ -9,6 +9,9 @@ ones in the repository above the project, `$GIT_DIR/info/exclude` and
 file wins, and nothing below an excluded directory can be re-included.
 `[watch] ignore` patterns act like git's command-line `--exclude`: they come
 before every file, so `!name` there re-includes what a `.gitignore` excludes.
+With git's `core.ignorecase` set (case-insensitive filesystems), every
+pattern, `[watch] ignore` ones too, matches folding ASCII case as git does,
+and a directory named `.git` in any case is never entered.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import threading
 from pathlib import Path
 
 from fbuild_watch.watch.gitignore import (
+    CoreConfig,
     Repo,
     Rule,
-    excludes_file,
+    core_config,
     find_repo,
     first_match,
     parse_rules,
@@ -98,8 +102,10 @@ class IgnoreRules:
         if self._repo is not None and self._repo.top != self.root:
             prefix = self.root.relative_to(self._repo.top).as_posix() + "/"
         self._prefix = os.fsencode(prefix)
-        user = "\n".join(patterns or []).encode("utf-8", "surrogateescape")
-        self._user = parse_rules(user, self._prefix, "[watch] ignore")
+        self._user_text = "\n".join(patterns or []).encode("utf-8", "surrogateescape")
+        self._icase = False  # git's core.ignorecase, read with the other global sources
+        self._config = CoreConfig(excludes_file=None, ignore_case=False, problem=None)
+        self._user = parse_rules(self._user_text, self._prefix, "[watch] ignore")
         self._lock = threading.RLock()
         self._warnings: list[str] = []
         self._warned: set[str] = set()
@@ -132,9 +138,13 @@ class IgnoreRules:
             return None
 
     def _warn(self, path: str, exc: OSError) -> None:
-        if path not in self._warned:
-            self._warned.add(path)
-            msg = f"{path}: cannot read ({exc.strerror or exc}); its ignore rules are not applied"
+        self._warn_once(
+            path, f"{path}: cannot read ({exc.strerror or exc}); its ignore rules are not applied"
+        )
+
+    def _warn_once(self, key: str, msg: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
             self._warnings.append(msg)
             log.warning(msg)
 
@@ -164,7 +174,7 @@ class IgnoreRules:
         """(path, base, in the tree) of the files below the project's own in
         precedence, lowest first."""
         out: list[tuple[str, bytes, bool]] = []
-        excl = excludes_file(self._repo, self.root)
+        excl = self._config.excludes_file
         if excl is not None:
             out.append((str(excl), b"", False))
         repo = self._repo
@@ -180,6 +190,11 @@ class IgnoreRules:
         """(Re)read excludesFile, info/exclude and the ignore files of the
         directories between the work tree top and the project; True if the
         rules changed."""
+        self._config = config = core_config(self._repo, self.root)
+        if config.problem is not None:
+            self._warn_once(
+                config.problem, f"{config.problem}; ignore patterns match case-sensitively"
+            )
         contents: list[tuple[str, bytes, bytes]] = []
         stamps: dict[str, _Stamp | None] = {}
         for path, base, in_tree in self._global_sources():
@@ -189,12 +204,25 @@ class IgnoreRules:
                 contents.append((path, base, got[0]))
         with self._lock:
             self._global_stamps = stamps
-            if contents == self._global_contents:
+            if config.ignore_case != self._icase:
+                self._set_icase(config.ignore_case)
+            elif contents == self._global_contents:
                 return False
             self._global_contents = contents
-            self._global = tuple(r for p, b, data in contents for r in parse_rules(data, b, p))
+            icase = self._icase
+            self._global = tuple(
+                r for p, b, data in contents for r in parse_rules(data, b, p, icase)
+            )
             self._dirs.clear()
             return True
+
+    def _set_icase(self, icase: bool) -> None:
+        """Under the lock: core.ignorecase changed; every rule read so far
+        is compiled again (the caller redoes the global ones)."""
+        self._icase = icase
+        self._user = parse_rules(self._user_text, self._prefix, "[watch] ignore", icase)
+        for rel, contents in self._contents.items():
+            self._own[rel] = self._parse_dir(rel, contents)
 
     def _read_dir(self, rel: str) -> tuple[_Contents, dict[str, _Stamp]]:
         absdir = os.path.join(self._root_s, rel) if rel else self._root_s
@@ -219,11 +247,15 @@ class IgnoreRules:
             self._contents[rel] = contents
         else:
             self._contents.pop(rel, None)
+        self._own[rel] = self._parse_dir(rel, contents)
+        return True
+
+    def _parse_dir(self, rel: str, contents: _Contents) -> tuple[Rule, ...]:
         absdir = os.path.join(self._root_s, rel) if rel else self._root_s
         base = self._prefix + (os.fsencode(rel) + b"/" if rel else b"")
-        rules = (parse_rules(data, base, os.path.join(absdir, n)) for n, data in contents)
-        self._own[rel] = tuple(r for file_rules in rules for r in file_rules)
-        return True
+        icase = self._icase
+        rules = (parse_rules(data, base, os.path.join(absdir, n), icase) for n, data in contents)
+        return tuple(r for file_rules in rules for r in file_rules)
 
     def _reload_dir(self, rel: str) -> bool:
         contents, stamps = self._read_dir(rel)
@@ -309,7 +341,10 @@ class IgnoreRules:
             return False
         if path in self._global_stamps:
             return True
-        if os.path.basename(path) not in IGNORE_FILES:
+        name = os.path.basename(path)
+        # with core.ignorecase the filesystem is taken to fold case: opening
+        # ".gitignore" (as git and _read do) reads a ".GitIgnore"
+        if (name.lower() if self._icase else name) not in IGNORE_FILES:
             return False
         rel = self._rel(os.path.dirname(path))
         if rel is None:
@@ -372,6 +407,8 @@ class IgnoreRules:
         parts = relpath.split("/")
         if any(p in VCS_DIRS for p in parts):
             return True
+        if self._icase and ".git" in (low := relpath.lower()) and ".git" in low.split("/"):
+            return True  # git's walk skips it too (dir.c: fspathcmp(name, ".git"))
         if not is_dir and _EDITOR(os.fsencode(parts[-1])) is not None:
             return True
         for out in self._outputs:
